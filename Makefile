@@ -1,0 +1,30 @@
+# medtl: the two set-up commands of the README.
+#   make demo   install medtl and train on the built-in synthetic DICOM demo
+#   make test   install medtl with the dev extras and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch where the package index offers one; set TORCH_SPEC to choose another.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+
+demo: install
+	$(BIN)/python -m medtl.train +experiment=chest_xray
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: install-dev
+	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status

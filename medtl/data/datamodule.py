@@ -1,0 +1,142 @@
+"""From a data source (manifest, class-per-folder tree or the built-in demo) to MONAI data loaders."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from monai.data import CacheDataset, DataLoader, Dataset
+
+from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
+from medtl.data.manifest import manifest_from_tree, read_manifest
+from medtl.data.split import assign_validation_split, subsample_patients
+from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
+from medtl.errors import MedtlError, find_user_error
+from medtl.models.registry import WeightsInfo
+
+__all__ = ["ImageClassificationData", "load_source_frame", "class_order"]
+
+log = logging.getLogger(__name__)
+
+
+class ImageClassificationData:
+    """A labelled image set split by patient into train and val, served as MONAI loaders.
+
+    Args:
+        root: class-per-folder tree (``root/<CLASS>/*`` or ``root/<split>/<CLASS>/*``).
+        manifest: manifest CSV (wins over ``root``).
+        demo: when neither ``root`` nor ``manifest`` is set, the built-in synthetic DICOM set
+            (``DemoSpec`` fields) generated under ``demo_dir``; ``None`` makes a source mandatory.
+        positive_class: for two classes, the class whose probability is the score.
+        max_images: keep about this many images (whole patients, labels in proportion).
+    """
+
+    def __init__(self, root: str | None = None, manifest: str | None = None, demo: dict | None = None,
+                 demo_dir: str = "~/.cache/medtl/demo", positive_class: str | None = None,
+                 patient_id_patterns: Sequence[str] = (), val_fraction: float = 0.2, split_seed: int = 0,
+                 max_images: int | None = None, image_size: int = 224, batch_size: int = 32,
+                 num_workers: int = 0, cache: bool = True, cache_workers: int = 2,
+                 intensity: dict | None = None, augment: dict | None = None) -> None:
+        self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
+        self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
+        self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.cache, self.cache_workers = cache, cache_workers
+        self.intensity = IntensityConfig(**(intensity or {}))
+        self.augment = AugmentConfig(**(augment or {}))
+        self.frame: pd.DataFrame | None = None
+        self.classes: list[str] = []
+
+    def setup(self) -> pd.DataFrame:
+        """Read the source, split it by patient and check both splits can train and evaluate."""
+        frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
+        frame = assign_validation_split(frame, self.val_fraction, self.split_seed)
+        if self.max_images:
+            frame = subsample_patients(frame, self.max_images, self.split_seed)
+        self.classes = class_order(frame.loc[frame["split"] == "train", "label"], self.positive_class)
+        _check_val_labels(frame, self.classes)
+        self.frame = frame
+        log.info("data: %s", self.summary())
+        return frame
+
+    @property
+    def positive_index(self) -> int | None:
+        """Index of the positive class for a binary task, else ``None``."""
+        return 1 if len(self.classes) == 2 else None
+
+    def summary(self) -> dict[str, int]:
+        """Image and patient counts per split and class (no identifiers)."""
+        frame = self._require_setup()
+        counts: dict[str, int] = {}
+        for (split, label), group in frame.groupby(["split", "label"]):
+            counts[f"n_images.{split}.{label}"] = len(group)
+        for split, group in frame.groupby("split"):
+            counts[f"n_patients.{split}"] = group["patient_id"].nunique()
+        return counts
+
+    def loaders(self, weights: WeightsInfo) -> tuple[DataLoader, DataLoader]:
+        """Training (shuffled, augmented) and validation loaders, normalised for ``weights``."""
+        train_ds = self._dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment))
+        val_ds = self._dataset("val", eval_transforms(self.image_size, weights, self.intensity))
+        return (DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers),
+                DataLoader(val_ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers))
+
+    def items(self, split: str) -> list[dict[str, Any]]:
+        """Dataset items of ``split``: ``{"image": path, "path": path, "label": class index}``."""
+        frame = self._require_setup()
+        rows = frame[frame["split"] == split]
+        return [{"image": p, "path": p, "label": self.classes.index(lbl)} for p, lbl in zip(rows["path"], rows["label"])]
+
+    def _dataset(self, split: str, transform: Any) -> Dataset:
+        items = self.items(split)
+        if not self.cache:
+            return Dataset(items, transform)
+        try:
+            return CacheDataset(items, transform, cache_rate=1.0, num_workers=self.cache_workers, progress=True)
+        except Exception as exc:  # MONAI wraps transform errors; surface the user error it carries
+            user_error = find_user_error(exc)
+            if user_error is None:
+                raise
+            raise user_error from None
+
+    def _require_setup(self) -> pd.DataFrame:
+        if self.frame is None:
+            raise RuntimeError("call setup() before using the data")
+        return self.frame
+
+
+def load_source_frame(root: str | None, manifest: str | None, demo: dict | None, demo_dir: str,
+                      patient_id_patterns: Sequence[str]) -> pd.DataFrame:
+    """The manifest frame of whichever source is configured: manifest, then root, then the demo."""
+    if manifest:
+        return read_manifest(manifest)
+    if root:
+        return manifest_from_tree(root, patient_id_patterns)
+    if demo is not None:
+        return read_manifest(ensure_demo_chest_xray(demo_dir, DemoSpec(**demo)))
+    raise MedtlError("no data source: set data.root=<class-per-folder tree> or data.manifest=<csv>, "
+                     "or run +experiment=chest_xray for the built-in demo")
+
+
+def class_order(labels: pd.Series, positive_class: str | None) -> list[str]:
+    """Sorted class names, with ``positive_class`` last for a binary task."""
+    classes = sorted(labels.unique())
+    if len(classes) < 2:
+        raise MedtlError(f"the training split has a single class {classes}; a classifier needs at least two: "
+                         "check the labels in the manifest or the class folders")
+    if len(classes) == 2 and positive_class:
+        if positive_class not in classes:
+            raise MedtlError(f"data.positive_class='{positive_class}' is not one of the classes {classes}; fix it")
+        classes = [c for c in classes if c != positive_class] + [positive_class]
+    return classes
+
+
+def _check_val_labels(frame: pd.DataFrame, classes: list[str]) -> None:
+    val_labels = set(frame.loc[frame["split"] == "val", "label"])
+    unknown = val_labels - set(classes)
+    if unknown:
+        raise MedtlError(f"validation labels {sorted(unknown)} never occur in training; fix the manifest's split")
+    if len(val_labels) < 2:
+        raise MedtlError(f"the validation split has classes {sorted(val_labels)}; it needs at least two to "
+                         "compute AUROC: raise data.val_fraction or add images")

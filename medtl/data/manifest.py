@@ -1,0 +1,158 @@
+"""Manifests: the CSV that lists every image of a data set (schema in ``data_manifests/README.md``).
+
+A manifest has one row per image with the columns ``path``, ``label`` and ``patient_id`` and,
+optionally, ``split`` (``train``/``val``/``test``) and ``domain``. Relative paths are relative to
+the manifest file's folder. In memory, paths are always absolute.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from medtl.errors import MedtlError
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "IMAGE_SUFFIXES",
+    "SPLIT_NAMES",
+    "read_manifest",
+    "write_manifest",
+    "manifest_from_tree",
+    "list_images",
+    "patient_id_from_name",
+]
+
+REQUIRED_COLUMNS = ("path", "label", "patient_id")
+OPTIONAL_COLUMNS = ("split", "domain")
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+
+
+def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """Read and validate a manifest CSV; return it with absolute ``path`` values.
+
+    Raises:
+        MedtlError: the file is missing or empty, a required column is missing, a cell is empty,
+            or a listed image does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedtlError(f"manifest {path} does not exist; check data.manifest")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise MedtlError(f"manifest {path} is not a readable CSV ({exc}); see data_manifests/README.md") from exc
+    for column in required:
+        if column not in frame.columns:
+            raise MedtlError(
+                f"manifest {path} has no column '{column}'; it needs {', '.join(required)} "
+                "(see data_manifests/README.md)")
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            raise MedtlError(f"manifest {path} row {empty[0] + 2} has an empty '{column}'; fill it in or drop the row")
+    if frame.empty:
+        raise MedtlError(f"manifest {path} lists no images; add rows or point data.manifest elsewhere")
+    frame["path"] = [str(_resolve(p, path.parent)) for p in frame["path"]]
+    _check_files_exist(frame["path"], source=str(path))
+    if "split" in frame.columns:
+        frame["split"] = [_normalise_split(s, path) for s in frame["split"]]
+    return frame
+
+
+def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` atomically as CSV, with paths relative to the manifest's folder where possible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = frame.copy()
+    out["path"] = [_relative_if_inside(p, path.parent) for p in out["path"]]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as handle:
+        out.to_csv(handle, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def manifest_from_tree(root: str | Path, patient_id_patterns: Sequence[str] = ()) -> pd.DataFrame:
+    """Build a manifest from a class-per-folder tree.
+
+    Two layouts are recognised: ``root/<CLASS>/<image>`` and ``root/<split>/<CLASS>/<image>``
+    (split folders named train/val/test or their usual aliases). Patient ids come from the file
+    name through ``patient_id_patterns`` (first regex whose group 1 matches); an image no pattern
+    matches is its own patient.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MedtlError(f"data root {root} is not a folder; set data.root to a class-per-folder tree")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_dirs = [d for d in class_dirs if d.name.lower() in _SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) == len(class_dirs):
+        rows = [row for d in split_dirs for row in _rows_for_classes(d, _SPLIT_ALIASES[d.name.lower()],
+                                                                      patient_id_patterns)]
+    else:
+        rows = _rows_for_classes(root, None, patient_id_patterns)
+    if not rows:
+        raise MedtlError(
+            f"data root {root} holds no images ({', '.join(IMAGE_SUFFIXES)}) in class folders; "
+            "expected root/<CLASS>/<image> or root/<split>/<CLASS>/<image>")
+    frame = pd.DataFrame(rows)
+    if frame["split"].isna().all():
+        frame = frame.drop(columns="split")
+    return frame
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (hidden files skipped)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def patient_id_from_name(file_name: str, patterns: Sequence[str]) -> str:
+    """The patient id encoded in ``file_name`` by the first matching pattern, else the file's stem."""
+    for pattern in patterns:
+        match = re.search(pattern, file_name)
+        if match:
+            return match.group(1)
+    return Path(file_name).stem
+
+
+def _rows_for_classes(folder: Path, split: str | None, patterns: Sequence[str]) -> list[dict[str, str | None]]:
+    rows: list[dict[str, str | None]] = []
+    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for image in list_images(class_dir):
+            rows.append({"path": str(image.resolve()), "label": class_dir.name,
+                         "patient_id": patient_id_from_name(image.name, patterns), "split": split})
+    return rows
+
+
+def _resolve(path_text: str, base: Path) -> Path:
+    path = Path(path_text).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _relative_if_inside(path_text: str, base: Path) -> str:
+    path, base = Path(path_text).resolve(), base.resolve()
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+def _check_files_exist(paths: pd.Series, source: str) -> None:
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise MedtlError(f"{len(missing)} image(s) listed in {source} do not exist, first: {missing[0]}; "
+                         "fix the paths (relative paths are relative to the manifest) or remove the rows")
+
+
+def _normalise_split(value: str, source: Path) -> str:
+    if value.strip() == "":
+        return "train"
+    key = value.strip().lower()
+    if key not in _SPLIT_ALIASES:
+        raise MedtlError(f"manifest {source} has split '{value}'; use one of {', '.join(SPLIT_NAMES)} or leave it empty")
+    return _SPLIT_ALIASES[key]

@@ -1,0 +1,84 @@
+"""MONAI dictionary-transform pipelines for 2D radiographs.
+
+Layout through the pipeline: file path -> ``(1, H, W)`` float32 in stored units -> ``(1, H, W)``
+in [0, 1] (percentile window) -> ``(1, S, S)`` letterboxed -> augmented (training only) ->
+normalised with the encoder's own mean/std. The deterministic part comes first so that
+``CacheDataset`` caches decoded, resized images and only augmentation runs each epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    NormalizeIntensityd,
+    RandAffined,
+    RandGaussianNoised,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+)
+
+from medtl.data.readers import LoadRadiographd
+from medtl.models.registry import WeightsInfo
+
+__all__ = ["IntensityConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
+
+IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """Per-image intensity window: the given percentiles map to 0 and 1, values outside are clipped."""
+
+    lower_percentile: float = 0.5
+    upper_percentile: float = 99.5
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation; ``prob=0`` turns it off."""
+
+    prob: float = 0.8
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.05
+    noise_std: float = 0.02
+
+
+def deterministic_transforms(image_size: int, intensity: IntensityConfig) -> list:
+    """Load, window to [0, 1] and letterbox to ``(1, image_size, image_size)`` keeping the aspect ratio."""
+    return [
+        LoadRadiographd(keys=IMAGE),
+        ScaleIntensityRangePercentilesd(IMAGE, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
+                                        b_min=0.0, b_max=1.0, clip=True),
+        Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),
+        SpatialPadd(IMAGE, spatial_size=(image_size, image_size)),
+        EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),
+    ]
+
+
+def train_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
+                     augment: AugmentConfig) -> Compose:
+    """Deterministic part, then random affine and noise, then the encoder's normalisation."""
+    image_size_px = float(image_size)
+    random_part = [
+        RandAffined(IMAGE, prob=augment.prob, rotate_range=np.deg2rad(augment.rotate_deg),
+                    scale_range=augment.scale, translate_range=augment.translate * image_size_px,
+                    padding_mode="zeros", mode="bilinear"),
+        RandGaussianNoised(IMAGE, prob=augment.prob, std=augment.noise_std),
+    ]
+    return Compose([*deterministic_transforms(image_size, intensity), *random_part, _normalise(weights),
+                    EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
+
+
+def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig) -> Compose:
+    """Deterministic part, then the encoder's normalisation."""
+    return Compose([*deterministic_transforms(image_size, intensity), _normalise(weights)])
+
+
+def _normalise(weights: WeightsInfo) -> NormalizeIntensityd:
+    # Grey input: the encoder's first convolution was collapsed to one channel, so one mean/std.
+    return NormalizeIntensityd(IMAGE, subtrahend=float(np.mean(weights.mean)), divisor=float(np.mean(weights.std)))

@@ -1,0 +1,168 @@
+"""The training loop shared by every strategy: AdamW-style optimiser, warm-up + cosine schedule,
+early stopping and best checkpoint on a validation metric, AMP on CUDA when present.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from medtl.engine.schedule import warmup_cosine_scheduler
+from medtl.models.classifier import TransferModel
+
+__all__ = ["Predictions", "FitResult", "Trainer", "predict_loader", "resolve_device"]
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[dict[str, float], int], None]  # (metrics, epoch)
+
+
+@dataclass
+class Predictions:
+    """Model outputs over a loader: ``probs`` ``(N, K)`` softmax, ``labels`` ``(N,)`` (-1 when unknown)."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
+                   progress: bool = True, desc: str = "predict") -> Predictions:
+    """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, H, W)`` images)."""
+    model.to(device)
+    if isinstance(model, TransferModel):  # exported (pt2) graphs are already in eval form and refuse .eval()
+        model.eval()
+    probs, labels, paths = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        with _autocast(device, amp):
+            logits = model(batch["image"].to(device, non_blocking=True))  # (B, K)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        labels.append(np.asarray(batch.get("label", np.full(len(logits), -1))))
+        paths.extend(batch["path"])
+    return Predictions(np.concatenate(probs), np.concatenate(labels).astype(int), paths)
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Trainer:
+    """Fits a :class:`TransferModel` and predicts with it.
+
+    Args:
+        optimizer: partial optimiser taking parameter groups (Hydra ``_partial_: true``).
+        lr: head learning rate; the encoder's is scaled by the model's ``encoder_lr_mult``.
+        early_stopping_patience: epochs without a better monitored score before stopping.
+        max_steps_per_epoch: cap on training batches per epoch (quick runs and tests).
+        checkpoint_path: where the best weights are saved (a ``state_dict``, atomically).
+    """
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr: float = 1e-3, max_epochs: int = 15,
+                 warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, early_stopping_patience: int = 5,
+                 grad_clip_norm: float | None = 1.0, device: str = "auto", amp: bool | str = "auto",
+                 num_threads: int | None = None, max_steps_per_epoch: int | None = None,
+                 checkpoint_path: str | None = "best.pt", progress: bool = True) -> None:
+        self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
+        self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
+        self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
+        self.device = resolve_device(device)
+        self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
+        self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+
+    def fit(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
+            score: Callable[[Predictions], dict[str, float]], monitor: str = "auroc",
+            on_epoch_end: EpochCallback | None = None) -> FitResult:
+        """Train; after each epoch compute ``score(val predictions)`` and keep the best ``monitor`` value."""
+        model.to(self.device)
+        optimizer = self.optimizer_factory(model.param_groups(self.lr))
+        steps = self._steps_per_epoch(train_loader)
+        scheduler = warmup_cosine_scheduler(optimizer, round(self.warmup_epochs * steps), self.max_epochs * steps,
+                                            self.min_lr_factor)
+        best = FitResult(best_epoch=-1, best_score=-np.inf, best_state={})
+        start = time.perf_counter()
+        for epoch in range(self.max_epochs):
+            train_loss = self._train_epoch(model, train_loader, optimizer, scheduler, epoch)
+            metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()}}
+            best.history.append(metrics)
+            if on_epoch_end:
+                on_epoch_end(metrics, epoch)
+            current = metrics[f"val_{monitor}"]
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if current > best.best_score or best.best_epoch < 0:
+                best.best_epoch, best.best_score = epoch, current
+                best.best_state = copy.deepcopy(model.state_dict())
+                self._save_checkpoint(best.best_state)
+            elif epoch - best.best_epoch >= self.patience:
+                log.info("early stopping: no better val_%s for %d epochs", monitor, self.patience)
+                break
+        model.load_state_dict(best.best_state)
+        best.seconds = time.perf_counter() - start
+        return best
+
+    def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict") -> Predictions:
+        """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
+        return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc)
+
+    def _train_epoch(self, model: TransferModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int) -> float:
+        model.train()
+        losses: list[float] = []
+        bar = tqdm(loader, total=self._steps_per_epoch(loader), desc=f"epoch {epoch + 1}/{self.max_epochs}",
+                   disable=not self.progress, unit="batch")
+        for step, batch in enumerate(bar):
+            if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
+                break
+            images = batch["image"].to(self.device, non_blocking=True)  # (B, C, H, W)
+            targets = torch.as_tensor(batch["label"], device=self.device)  # (B,)
+            with _autocast(self.device, self.amp):
+                loss = nn.functional.cross_entropy(model(images).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip_norm:
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        return float(np.mean(losses))
+
+    def _steps_per_epoch(self, loader: DataLoader) -> int:
+        return min(len(loader), self.max_steps_per_epoch or len(loader))
+
+    def _save_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
+        if self.checkpoint_path is None:
+            return
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)

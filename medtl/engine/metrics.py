@@ -1,0 +1,68 @@
+"""Classification metrics and decision thresholds, as pure functions of labels and scores."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+
+from medtl.errors import MedtlError
+
+__all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc"]
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    auroc: float
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    threshold: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """AUROC: binary when ``probs`` is ``(N,)`` (positive-class score), else one-vs-rest macro over ``(N, K)``."""
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if probs.ndim == 1:
+        return float(roc_auc_score(labels, probs))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youden",
+                     target_sensitivity: float = 0.95) -> float:
+    """Pick a decision threshold on ``scores`` (positive when ``score >= threshold``).
+
+    ``youden`` maximises sensitivity + specificity - 1; ``sensitivity`` takes the highest
+    threshold whose sensitivity is at least ``target_sensitivity``.
+    """
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
+    if method == "youden":
+        return float(thresholds[int(np.argmax(tpr - fpr))])
+    if method == "sensitivity":
+        reaching = np.flatnonzero(tpr >= target_sensitivity)
+        return float(thresholds[reaching[0]])
+    raise MedtlError(f"evaluation.threshold='{method}' is unknown; use youden or sensitivity")
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> BinaryMetrics:
+    """Metrics of positive-class ``scores`` ``(N,)`` against 0/1 ``labels`` at ``threshold``."""
+    predicted = scores >= threshold
+    positives, negatives = labels == 1, labels == 0
+    sensitivity = float(predicted[positives].mean()) if positives.any() else float("nan")
+    specificity = float((~predicted[negatives]).mean()) if negatives.any() else float("nan")
+    return BinaryMetrics(auroc=auroc(labels, scores), accuracy=float((predicted == positives).mean()),
+                         sensitivity=sensitivity, specificity=specificity, threshold=float(threshold))
+
+
+def multiclass_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Macro AUROC, accuracy and balanced accuracy of ``probs`` ``(N, K)`` against labels in ``0..K-1``."""
+    predicted = probs.argmax(axis=1)
+    return {"auroc": auroc(labels, probs), "accuracy": float((predicted == labels).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, predicted))}

@@ -1,0 +1,90 @@
+"""Transfer strategies and the classifier that the training loop optimises.
+
+``linear_probe``: pretrained encoder frozen (BatchNorm statistics too), only the head learns.
+``finetune``: pretrained encoder and head learn; the encoder at a lower learning rate.
+``scratch``: the same architecture from a random initialisation, all layers at one rate: the
+baseline that shows what pretraining buys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medtl.errors import MedtlError
+from medtl.models.registry import Encoder, create_encoder
+
+__all__ = ["Strategy", "STRATEGIES", "TransferModel", "build_classifier"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How an encoder is adapted: where its weights come from and whether it trains."""
+
+    name: str
+    pretrained: bool
+    train_encoder: bool
+    discriminative_lr: bool
+
+
+STRATEGIES = {
+    s.name: s
+    for s in (
+        Strategy("linear_probe", pretrained=True, train_encoder=False, discriminative_lr=False),
+        Strategy("finetune", pretrained=True, train_encoder=True, discriminative_lr=True),
+        Strategy("scratch", pretrained=False, train_encoder=True, discriminative_lr=False),
+    )
+}
+
+
+class TransferModel(nn.Module):
+    """An encoder with a task head, trained according to a :class:`Strategy`.
+
+    ``forward``: ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
+    """
+
+    def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.strategy = strategy
+        self.encoder_lr_mult = encoder_lr_mult if strategy.discriminative_lr else 1.0
+        for parameter in encoder.encoder_parameters():
+            parameter.requires_grad_(strategy.train_encoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def train(self, mode: bool = True) -> TransferModel:
+        """Like ``nn.Module.train``, but a frozen encoder stays in eval mode (BatchNorm statistics fixed)."""
+        super().train(mode)
+        if mode and not self.strategy.train_encoder:
+            for name, module in self.encoder.named_children():
+                if name != "head":
+                    module.eval()
+        return self
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups: the head at ``lr``, a trainable encoder at ``lr * encoder_lr_mult``."""
+        groups = [{"params": list(self.encoder.head.parameters()), "lr": lr, "name": "head"}]
+        if self.strategy.train_encoder:
+            groups.append({"params": self.encoder.encoder_parameters(), "lr": lr * self.encoder_lr_mult,
+                           "name": "encoder"})
+        return groups
+
+
+def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str | None = "imagenet",
+                     weights_path: str | None = None, in_channels: int = 1, image_size: int = 224,
+                     dropout: float = 0.2, encoder_lr_mult: float = 0.1) -> TransferModel:
+    """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head."""
+    if strategy not in STRATEGIES:
+        raise MedtlError(f"model.strategy='{strategy}' is unknown; choose one of {sorted(STRATEGIES)}")
+    chosen = STRATEGIES[strategy]
+    if chosen.pretrained and weights is None:
+        raise MedtlError(f"model.strategy={strategy} needs pretrained weights but model.weights is null; "
+                         "set model.weights=imagenet or use model.strategy=scratch")
+    net = create_encoder(encoder, weights=weights if chosen.pretrained else None,
+                         weights_path=weights_path if chosen.pretrained else None,
+                         in_channels=in_channels, image_size=image_size)
+    net.reset_head(num_classes, dropout=dropout)
+    return TransferModel(net, chosen, encoder_lr_mult)

@@ -1,0 +1,99 @@
+"""Encoder registry: one decorator per encoder, one small interface for all of them.
+
+Adding an encoder is one file with one ``@register_encoder("name")`` function that returns an
+:class:`Encoder`; configs then select it with ``model.encoder=name``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medtl.errors import MedtlError
+
+__all__ = ["WeightsInfo", "Encoder", "register_encoder", "create_encoder", "list_encoders"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What an encoder's weights expect and where they came from.
+
+    Attributes:
+        source: where the weights were loaded from (``"random"`` for no pretraining).
+        mean, std: per-channel normalisation of inputs in ``input_range``: ``(x - mean) / std``.
+        input_range: range of the pixel values before normalisation.
+        input_size: the training resolution of the weights (inputs of other sizes still work).
+        in_channels: channels the encoder takes after any first-layer adaptation.
+        gradcam_layer: dotted name of the module whose activations Grad-CAM should use.
+        sha256: checksum of the weight file, when there is one.
+    """
+
+    source: str
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    input_range: tuple[float, float] = (0.0, 1.0)
+    input_size: int = 224
+    in_channels: int = 3
+    gradcam_layer: str = ""
+    sha256: str | None = None
+
+
+class Encoder(nn.Module):
+    """Interface shared by every encoder.
+
+    Subclasses set ``num_features``, ``weights_info`` and ``head`` and implement
+    :meth:`forward_features`; :meth:`forward` applies the head to the pooled features.
+    """
+
+    num_features: int
+    weights_info: WeightsInfo
+    head: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features: ``(B, C, H, W)`` -> ``(B, num_features)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(B, C, H, W)`` -> ``(B, num_classes)``."""
+        return self.head(self.forward_features(x))
+
+    def reset_head(self, num_classes: int, dropout: float = 0.0) -> None:
+        """Replace the classification head with a fresh ``num_features -> num_classes`` layer."""
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not part of the head."""
+        head_ids = {id(p) for p in self.head.parameters()}
+        return [p for p in self.parameters() if id(p) not in head_ids]
+
+
+EncoderFactory = Callable[..., Encoder]
+_ENCODERS: dict[str, EncoderFactory] = {}
+
+
+def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Register ``factory(weights, weights_path, in_channels, image_size) -> Encoder`` under ``name``."""
+
+    def decorator(factory: EncoderFactory) -> EncoderFactory:
+        if name in _ENCODERS:
+            raise ValueError(f"encoder '{name}' is registered twice")
+        _ENCODERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def create_encoder(name: str, weights: str | None = "imagenet", weights_path: str | None = None,
+                   in_channels: int = 1, image_size: int = 224) -> Encoder:
+    """Build a registered encoder; ``weights=None`` gives a random initialisation."""
+    if name not in _ENCODERS:
+        raise MedtlError(f"model.encoder='{name}' is not a registered encoder; choose one of {list_encoders()}")
+    return _ENCODERS[name](weights=weights, weights_path=weights_path, in_channels=in_channels,
+                           image_size=image_size)
+
+
+def list_encoders() -> list[str]:
+    """Names of all registered encoders, sorted."""
+    return sorted(_ENCODERS)

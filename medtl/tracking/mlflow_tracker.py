@@ -1,0 +1,99 @@
+"""MLflow tracking: one run per job, ended FINISHED or FAILED, never left RUNNING."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["MlflowTracker", "flatten_config", "MAX_PARAM_LENGTH"]
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 500  # the strictest MLflow backends' limit; the full config is an artefact
+
+
+class MlflowTracker:
+    """Context manager around one MLflow run.
+
+    Args:
+        uri: tracking URI; the default ``sqlite:///mlflow.db`` is what ``mlflow ui`` opens in the same folder.
+        experiment: MLflow experiment name.
+        run_name: run name shown in the UI.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, log_model: bool = True,
+                 tags: Mapping[str, str] | None = None) -> None:
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.should_log_model, self.tags = log_model, dict(tags or {})
+        self.run_id: str | None = None
+
+    def __enter__(self) -> MlflowTracker:
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(self.experiment)
+        if mlflow.active_run() is not None:  # left over by a crashed job in this process (Hydra -m)
+            mlflow.end_run(status="FAILED")
+        self.run_id = mlflow.start_run(run_name=self.run_name, tags=self.tags).info.run_id
+        log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, self.uri)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
+
+    def log_config(self, cfg: DictConfig) -> None:
+        """Log the flattened resolved config as params and the full YAML as ``config.yaml``."""
+        mlflow.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow.log_params({k: _short(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+        mlflow.log_metrics(finite, step=step)
+
+    def log_figure(self, figure: Figure, name: str) -> None:
+        mlflow.log_figure(figure, f"plots/{name}")
+        plt.close(figure)
+
+    def log_frame(self, frame: pd.DataFrame, name: str) -> None:
+        """Log a table as a CSV artefact ``name``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            frame.to_csv(path, index=False)
+            mlflow.log_artifact(str(path))
+
+    def log_model(self, model: torch.nn.Module, input_example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
+        """Log ``model`` in MLflow's ``pt2`` format (a traced graph, no pickle); return its ``models:/`` URI."""
+        if not self.should_log_model:
+            return None
+        info = mlflow.pytorch.log_model(model.eval().cpu(), name="model", input_example=input_example,
+                                        metadata=dict(metadata), serialization_format="pt2",
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        mlflow.set_tag("medtl.model_uri", info.model_uri)
+        return info.model_uri
+
+
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values cut to :data:`MAX_PARAM_LENGTH` characters."""
+    if isinstance(tree, Mapping):
+        flat: dict[str, str] = {}
+        for key, value in tree.items():
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): _short(tree)}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 15] + "...(truncated)"

@@ -1,0 +1,106 @@
+"""Train a transfer-learning classifier: ``python -m medtl.train +experiment=chest_xray [overrides]``.
+
+This module only wires the pieces that the config names (``_target_`` + ``instantiate``).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from monai.utils import set_determinism
+from omegaconf import DictConfig
+
+from medtl import CONFIG_DIR
+from medtl.data import ImageClassificationData
+from medtl.engine import Trainer
+from medtl.engine.evaluation import EvaluationReport, Evaluator
+from medtl.errors import exit_on_user_error
+from medtl.models import TransferModel
+from medtl.tracking import MlflowTracker
+
+__all__ = ["train", "main"]
+
+log = logging.getLogger("medtl.train")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Seed -> data -> model -> tracking -> fit -> evaluate -> log; return the final validation metrics."""
+    set_determinism(seed=cfg.seed)
+    data: ImageClassificationData = instantiate(cfg.data)
+    data.setup()
+    model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
+    train_loader, val_loader = data.loaders(model.encoder.weights_info)
+    trainer: Trainer = instantiate(cfg.trainer, checkpoint_path=str(_output_dir() / "best.pt"))
+    evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
+
+    with instantiate(cfg.tracking) as tracker:
+        tracker.log_config(cfg)
+        tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
+        fit = trainer.fit(model, train_loader, val_loader, score=evaluator.metrics, on_epoch_end=tracker.log_metrics)
+        report = evaluator.report(trainer.predict(model, val_loader, desc="final validation"))
+        _log_report(tracker, report, fit.best_epoch, fit.seconds)
+        model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(model, data, report))
+    _print_summary(report, tracker.run_id, model_uri)
+    return report.metrics
+
+
+def _log_report(tracker: MlflowTracker, report: EvaluationReport, best_epoch: int, seconds: float) -> None:
+    tracker.log_metrics({f"final_val_{k}": v for k, v in report.metrics.items()})
+    tracker.log_metrics({"best_epoch": best_epoch, "fit_seconds": seconds})
+    tracker.log_frame(report.predictions, "val_predictions.csv")
+    for name, figure in report.figures.items():
+        tracker.log_figure(figure, name)
+
+
+def _input_example(model: TransferModel, data: ImageClassificationData) -> np.ndarray:
+    """A ``(2, C, S, S)`` float32 batch: the exported model's input signature."""
+    channels = model.encoder.weights_info.in_channels
+    return np.zeros((2, channels, data.image_size, data.image_size), dtype=np.float32)
+
+
+def _model_metadata(model: TransferModel, data: ImageClassificationData, report: EvaluationReport) -> dict:
+    """What ``medtl.predict`` needs to preprocess inputs and read outputs, stored in the MLmodel file."""
+    weights = model.encoder.weights_info
+    return {
+        "medtl_version": 1,
+        "classes": data.classes,
+        "threshold": report.threshold,
+        "image_size": data.image_size,
+        "in_channels": weights.in_channels,
+        "mean": list(weights.mean),
+        "std": list(weights.std),
+        "intensity": {"lower_percentile": data.intensity.lower_percentile,
+                      "upper_percentile": data.intensity.upper_percentile},
+        "encoder_weights": weights.source,
+        "strategy": model.strategy.name,
+    }
+
+
+def _output_dir() -> Path:
+    """The Hydra job's output folder; a fresh temporary one when called through the compose API."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(tempfile.mkdtemp(prefix="medtl-run-"))
+
+
+def _print_summary(report: EvaluationReport, run_id: str | None, model_uri: str | None) -> None:
+    print("\nvalidation: " + ", ".join(f"{k}={v:.4f}" for k, v in report.metrics.items()))
+    print(f"MLflow run id: {run_id}")
+    if model_uri:
+        print(f"model: {model_uri}  (python -m medtl.predict model={model_uri} input=<folder> output=preds.csv)")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns validation AUROC so ``-m`` sweepers can optimise it."""
+    return train(cfg)["auroc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Shared fixtures: a small demo DICOM set, the composed Hydra config shrunk for tests, image writers."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from medtl import CONFIG_DIR
+from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMALL_DEMO = DemoSpec(n_patients=48, image_size=96, seed=7)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo_cache")
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_cache: Path) -> Path:
+    """A 48-patient synthetic DICOM chest X-ray set (generated once per test session)."""
+    return ensure_demo_chest_xray(demo_cache, SMALL_DEMO)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path, demo_cache: Path) -> list[str]:
+    """Overrides that make a chest_xray run take seconds: tiny images, two epochs, tmp MLflow store."""
+    return [
+        "+experiment=chest_xray",
+        f"data.demo_dir={demo_cache}",
+        f"data.demo.n_patients={SMALL_DEMO.n_patients}",
+        f"data.demo.image_size={SMALL_DEMO.image_size}",
+        f"data.demo.seed={SMALL_DEMO.seed}",
+        "data.image_size=64",
+        "data.batch_size=16",
+        "data.cache_workers=1",
+        "trainer.max_epochs=2",
+        "trainer.progress=false",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+
+
+@pytest.fixture
+def write_png() -> Callable[..., Path]:
+    """Write a greyscale PNG of the given (H, W) shape with a deterministic pattern."""
+
+    def _write(path: Path, shape: tuple[int, int] = (40, 60), seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, size=shape, dtype=np.uint8), mode="L").save(path)
+        return path
+
+    return _write

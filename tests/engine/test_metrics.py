@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtl.engine.metrics import auroc, binary_metrics, choose_threshold, multiclass_metrics
+from medtl.engine.schedule import warmup_cosine_factor
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+SCORES = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+
+
+def test_auroc_matches_pair_count() -> None:
+    # 16 positive/negative pairs, one mis-ordered (0.6 > 0.4): 15/16
+    assert auroc(LABELS, SCORES) == pytest.approx(15 / 16)
+
+
+def test_youden_threshold_and_metrics_at_it() -> None:
+    threshold = choose_threshold(LABELS, SCORES, "youden")
+    # J = 0.75 at both 0.7 (sens 3/4, spec 1) and 0.4 (sens 1, spec 3/4): the higher threshold wins the tie
+    assert threshold == pytest.approx(0.7)
+    m = binary_metrics(LABELS, SCORES, threshold)
+    assert (m.sensitivity, m.specificity, m.accuracy) == pytest.approx((0.75, 1.0, 7 / 8))
+
+
+def test_sensitivity_target_threshold() -> None:
+    threshold = choose_threshold(LABELS, SCORES, "sensitivity", target_sensitivity=1.0)
+    assert threshold == pytest.approx(0.4)
+    assert binary_metrics(LABELS, SCORES, threshold).sensitivity == 1.0
+
+
+def test_multiclass_metrics() -> None:
+    labels = np.array([0, 1, 2, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    m = multiclass_metrics(labels, probs)
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+
+
+def test_warmup_then_cosine() -> None:
+    factors = [warmup_cosine_factor(s, warmup_steps=4, total_steps=20, min_factor=0.0) for s in range(21)]
+    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert factors[4] == pytest.approx(1.0)
+    assert factors[12] == pytest.approx(0.5)
+    assert factors[20] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))

@@ -1,0 +1,89 @@
+"""Every registered encoder honours the interface; the ImageNet weights really loaded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.models import STRATEGIES, build_classifier, create_encoder, list_encoders
+from medtl.models.registry import Encoder
+from medtl.errors import MedtlError
+
+
+@pytest.mark.parametrize("name", list_encoders())
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_encoder_forward_backward(name: str, in_channels: int) -> None:
+    torch.manual_seed(0)
+    encoder = create_encoder(name, weights=None, in_channels=in_channels, image_size=64)
+    assert isinstance(encoder, Encoder)
+    encoder.reset_head(3)
+    x = torch.randn(2, in_channels, 64, 64)
+    features = encoder.forward_features(x)
+    assert features.shape == (2, encoder.num_features)
+    logits = encoder(x)
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert encoder.weights_info.in_channels == in_channels
+
+
+def chelsea_batch(grey: bool) -> torch.Tensor:
+    from skimage.data import chelsea
+
+    image = torch.from_numpy(chelsea()).permute(2, 0, 1).float()[None] / 255  # (1, 3, H, W) in [0, 1]
+    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+    if grey:
+        image = image.mean(dim=1, keepdim=True)  # (1, 1, 224, 224)
+    return (image - 0.5) / 0.5
+
+
+def test_lite0_imagenet_weights_classify_chelsea_as_a_cat() -> None:
+    encoder = create_encoder("efficientnet_lite0", weights="imagenet", in_channels=3).eval()
+    with torch.no_grad():
+        top1 = encoder(chelsea_batch(grey=False)).argmax(1).item()
+    assert 281 <= top1 <= 285, f"ImageNet class {top1} is not a cat: the weights did not load right"
+    assert encoder.weights_info.sha256.startswith("57934424")
+
+
+def test_grey_stem_equals_rgb_stem_on_a_grey_image() -> None:
+    rgb = create_encoder("efficientnet_lite0", weights="imagenet", in_channels=3).eval()
+    grey = create_encoder("efficientnet_lite0", weights="imagenet", in_channels=1).eval()
+    x = chelsea_batch(grey=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(grey(x).numpy(), rgb(x.repeat(1, 3, 1, 1)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_probe_freezes_encoder_and_batchnorm() -> None:
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=64)
+    before = model.encoder.net._bn0.running_mean.clone()
+    model.train()
+    model(torch.randn(4, 1, 64, 64)).sum().backward()
+    assert torch.equal(before, model.encoder.net._bn0.running_mean)
+    assert all(p.grad is None for p in model.encoder.encoder_parameters())
+    assert [g["name"] for g in model.param_groups(1e-3)] == ["head"]
+
+
+def test_finetune_uses_lower_encoder_learning_rate() -> None:
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=64, encoder_lr_mult=0.1)
+    groups = {g["name"]: g for g in model.param_groups(1e-3)}
+    assert groups["head"]["lr"] == pytest.approx(1e-3) and groups["encoder"]["lr"] == pytest.approx(1e-4)
+    n_params = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_scratch_is_randomly_initialised() -> None:
+    pretrained = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=64)
+    scratch = build_classifier("efficientnet_lite0", "scratch", num_classes=2, image_size=64)
+    assert scratch.encoder.weights_info.source == "random"
+    assert not torch.allclose(pretrained.encoder.net._conv_head.weight, scratch.encoder.net._conv_head.weight)
+    assert set(STRATEGIES) == {"linear_probe", "finetune", "scratch"}
+
+
+def test_unknown_names_are_user_errors() -> None:
+    with pytest.raises(MedtlError, match="model.encoder='resnet9000'"):
+        create_encoder("resnet9000")
+    with pytest.raises(MedtlError, match="model.strategy='probe'"):
+        build_classifier("efficientnet_lite0", "probe", num_classes=2)
+    with pytest.raises(MedtlError, match="needs pretrained weights"):
+        build_classifier("efficientnet_lite0", "finetune", num_classes=2, weights=None)

@@ -1,0 +1,77 @@
+"""A tiny end-to-end run on the demo DICOM set: MLflow run, artefacts, logged model, predict."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from medtl.predict import predict
+from medtl.train import train
+from tests.conftest import compose_config
+
+
+@pytest.fixture
+def trained_run(tiny_overrides: list[str], tmp_path: Path) -> dict:
+    cfg = compose_config(tiny_overrides)
+    metrics = train(cfg)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    run = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")[0]
+    return {"cfg": cfg, "metrics": metrics, "run": run}
+
+
+def test_train_logs_a_finished_run_with_metrics_artefacts_and_model(trained_run: dict) -> None:
+    run, metrics = trained_run["run"], trained_run["metrics"]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "chest_xray-linear_probe"
+    assert set(metrics) == {"auroc", "accuracy", "sensitivity", "specificity", "threshold"}
+    assert 0.0 <= metrics["auroc"] <= 1.0
+    for key in ("train_loss", "val_auroc", "final_val_auroc", "final_val_sensitivity", "best_epoch"):
+        assert key in run.data.metrics
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auroc")
+    assert [m.step for m in history] == [0, 1]
+    assert run.data.params["model.strategy"] == "linear_probe"
+    assert run.data.params["trainer.max_epochs"] == "2"
+    client = mlflow.MlflowClient()
+    artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    artefacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"config.yaml", "val_predictions.csv", "plots/roc_curve.png", "plots/confusion_matrix.png"} <= artefacts
+    preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
+    assert list(preds.columns) == ["path", "label", "score", "pred"]
+    assert preds["score"].between(0, 1).all() and set(preds["label"]) == {"NORMAL", "PNEUMONIA"}
+    assert run.data.tags["medtl.model_uri"].startswith("models:/")
+
+
+def test_no_patient_identifiers_reach_mlflow(trained_run: dict, demo_manifest: Path, tmp_path: Path) -> None:
+    run = trained_run["run"]
+    identifiers = set(pd.read_csv(demo_manifest)["patient_id"])  # also the DICOM PatientID / PatientName
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "art")))
+    texts = [p.read_text(errors="ignore") for p in local.rglob("*") if p.is_file()]
+    texts += [str(run.data.params), str(run.data.tags)]
+    assert not any(pid in text for pid in identifiers for text in texts)
+
+
+def test_predict_with_the_logged_model(trained_run: dict, demo_manifest: Path, tmp_path: Path) -> None:
+    cfg, run = trained_run["cfg"], trained_run["run"]
+    out = tmp_path / "preds.csv"
+    predict_cfg = OmegaConf.create({"model": run.data.tags["medtl.model_uri"], "input": str(demo_manifest.parent),
+                                    "output": str(out), "batch_size": 8, "num_workers": 0, "device": "cpu",
+                                    "tracking_uri": cfg.tracking.uri, "progress": False})
+    frame = predict(predict_cfg)
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["path", "label", "score"]
+    assert len(written) == len(pd.read_csv(demo_manifest)) == len(frame)
+    assert written["score"].between(0, 1).all() and written["score"].std() > 0
+    val = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
+    merged = val.merge(written, on="path", suffixes=("_val", "_pred"))
+    assert len(merged) == len(val)
+    assert (merged["score_val"] - merged["score_pred"]).abs().max() < 1e-4  # same preprocessing, same model
+
+
+def test_training_is_deterministic_when_seeded(tiny_overrides: list[str]) -> None:
+    overrides = [*tiny_overrides, "trainer.max_epochs=1", "tracking.log_model=false"]
+    first = train(compose_config(overrides))
+    second = train(compose_config(overrides))
+    assert first == pytest.approx(second)
