@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGY_OVERRIDES))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows = [run_strategy(s, args.data, args.image_size, args.overrides) for s in args.strategies]
     write_results(rows, args)
 

@@ -59,21 +59,27 @@ def load_model(ref: str, tracking_uri: str) -> tuple[Any, dict]:
     """
     if not Path(ref).is_dir():
         mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="medtl-model-") as tmp:
+        local = _download(ref, tracking_uri, tmp)
+        if not (local / "MLmodel").is_file():
+            raise MedtlError(f"model '{ref}' has no MLmodel file; pass the model folder itself (the one with MLmodel)")
+        if not list((local / "data").glob("*.pt2")):
+            raise MedtlError(f"model '{ref}' is not in MLflow's pt2 format; medtl does not unpickle models, "
+                             "re-log it with serialization_format='pt2'")
+        meta = Model.load(str(local / "MLmodel")).metadata or {}
+        if "classes" not in meta:
+            raise MedtlError(f"model '{ref}' has no medtl metadata (classes, image_size...); "
+                             "use a model logged by medtl.train")
+        return mlflow.pytorch.load_model(str(local)), meta
+
+
+def _download(ref: str, tracking_uri: str, destination: str) -> Path:
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tempfile.mkdtemp(prefix="medtl-model-")))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=destination))
     except (MlflowException, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MedtlError(f"cannot fetch model '{ref}' (tracking uri {tracking_uri}): {reason}; "
                          "pass a models:/ or runs:/ URI shown by medtl.train, or a local model folder") from exc
-    if not (local / "MLmodel").is_file():
-        raise MedtlError(f"model '{ref}' has no MLmodel file; pass the model folder itself (the one with MLmodel)")
-    if not list((local / "data").glob("*.pt2")):
-        raise MedtlError(f"model '{ref}' is not in MLflow's pt2 format; medtl does not unpickle models, "
-                         "re-log it with serialization_format='pt2'")
-    meta = Model.load(str(local / "MLmodel")).metadata or {}
-    if "classes" not in meta:
-        raise MedtlError(f"model '{ref}' has no medtl metadata (classes, image_size...); use a model logged by medtl.train")
-    return mlflow.pytorch.load_model(str(local)), meta
 
 
 def input_frame(source: str) -> pd.DataFrame:

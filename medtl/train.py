@@ -5,7 +5,6 @@ This module only wires the pieces that the config names (``_target_`` + ``instan
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -35,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data.setup()
     model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
     train_loader, val_loader = data.loaders(model.encoder.weights_info)
-    trainer: Trainer = instantiate(cfg.trainer, checkpoint_path=str(_output_dir() / "best.pt"))
+    trainer: Trainer = instantiate(cfg.trainer, checkpoint_path=_checkpoint_path())
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
 
     with instantiate(cfg.tracking) as tracker:
@@ -81,11 +80,11 @@ def _model_metadata(model: TransferModel, data: ImageClassificationData, report:
     }
 
 
-def _output_dir() -> Path:
-    """The Hydra job's output folder; a fresh temporary one when called through the compose API."""
+def _checkpoint_path() -> str | None:
+    """``best.pt`` in the Hydra job's output folder; none through the compose API (the model is in MLflow)."""
     if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(tempfile.mkdtemp(prefix="medtl-run-"))
+        return str(Path(HydraConfig.get().runtime.output_dir) / "best.pt")
+    return None
 
 
 def _print_summary(report: EvaluationReport, run_id: str | None, model_uri: str | None) -> None:

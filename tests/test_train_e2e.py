@@ -75,3 +75,11 @@ def test_training_is_deterministic_when_seeded(tiny_overrides: list[str]) -> Non
     first = train(compose_config(overrides))
     second = train(compose_config(overrides))
     assert first == pytest.approx(second)
+
+
+def test_demo_data_is_learnable_to_auroc_090(tmp_path: Path, demo_cache: Path) -> None:
+    """The default demo set (240 patients), at a smaller size than `make demo` uses, still learns."""
+    cfg = compose_config(["+experiment=chest_xray", f"data.demo_dir={demo_cache}", "data.image_size=128",
+                          "trainer.max_epochs=4", "trainer.progress=false", "tracking.log_model=false",
+                          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert train(cfg)["auroc"] >= 0.9

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +38,7 @@ class MlflowTracker:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.should_log_model, self.tags = log_model, dict(tags or {})
         self.run_id: str | None = None
+        self._previous_sigterm: Any = None
 
     def __enter__(self) -> MlflowTracker:
         mlflow.set_tracking_uri(self.uri)
@@ -44,10 +47,15 @@ class MlflowTracker:
             mlflow.end_run(status="FAILED")
         self.run_id = mlflow.start_run(run_name=self.run_name, tags=self.tags).info.run_id
         log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, self.uri)
+        if threading.current_thread() is threading.main_thread():  # a scheduler's SIGTERM ends the run FAILED too
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
 
     def log_config(self, cfg: DictConfig) -> None:
@@ -94,6 +102,10 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): _short(tree)}
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 15] + "...(truncated)"
+    text, suffix = str(value), "...(truncated)"
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - len(suffix)] + suffix

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from medtl.engine.loop import Predictions, Trainer
+from medtl.models import build_classifier
+
+
+def fake_loader(n_batches: int = 3, size: int = 32) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    return [{"image": torch.randn(4, 1, size, size, generator=generator), "label": torch.tensor([0, 1, 0, 1]),
+             "path": [f"img{b}_{i}" for i in range(4)]} for b in range(n_batches)]
+
+
+def test_early_stopping_restores_best_epoch_and_writes_a_safe_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32)
+    scores = iter([0.6, 0.9, 0.7, 0.65, 0.8, 0.99])
+    states: list[dict] = []
+
+    def score(preds: Predictions) -> dict[str, float]:
+        assert preds.probs.shape == (12, 2) and len(preds.paths) == 12
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"auroc": next(scores)}
+
+    checkpoint = tmp_path / "best.pt"
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=6, early_stopping_patience=2,
+                      checkpoint_path=str(checkpoint), progress=False, device="cpu")
+    result = trainer.fit(model, fake_loader(), fake_loader(), score=score)
+    assert (result.best_epoch, result.best_score) == (1, 0.9)
+    assert len(result.history) == 4  # epochs 0..3; epochs 2 and 3 did not beat epoch 1
+    saved = torch.load(checkpoint, weights_only=True)
+    for key, value in states[1].items():
+        assert torch.equal(saved[key], value) and torch.equal(model.state_dict()[key], value)
+    assert not torch.equal(states[1]["encoder.head.1.weight"], states[3]["encoder.head.1.weight"])
+
+
+def test_max_steps_per_epoch_caps_training_batches() -> None:
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32)
+    seen = []
+    trainer = Trainer(partial(torch.optim.AdamW), max_epochs=1, max_steps_per_epoch=2, checkpoint_path=None,
+                      progress=False, device="cpu")
+    original = model.forward
+    model.forward = lambda x: (seen.append(x.shape[0]), original(x))[1]  # type: ignore[method-assign]
+    trainer.fit(model, fake_loader(5), fake_loader(1), score=lambda p: {"auroc": 0.5})
+    assert len(seen) == 2 + 1  # two training batches, one validation batch
