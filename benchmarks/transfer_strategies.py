@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def run_strategy(strategy: str, data: str, image_size: int, extra: list[str]) ->
     return {"strategy": strategy, "seconds": round(time.perf_counter() - start, 1), "overrides": overrides, **metrics}
 
 
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=HERE, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
@@ -48,9 +57,9 @@ def machine() -> str:
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    payload = {"machine": machine(), "data": args.data, "image_size": args.image_size, "runs": rows}
+    payload = {"machine": machine(), "commit": commit(), "data": args.data, "image_size": args.image_size, "runs": rows}
     (out / "transfer_strategies.json").write_text(json.dumps(payload, indent=2))
-    lines = [f"Machine: {machine()}. Data: `{args.data}` (train/, 20% of patients held out), "
+    lines = [f"Machine: {machine()}. Commit {commit()}. Data: `{args.data}` (train/, 20% of patients held out), "
              f"{args.image_size} px.", "",
              "| strategy | val AUROC | accuracy | sensitivity | specificity | wall time |",
              "|---|---|---|---|---|---|"]

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtl import CONFIG_DIR
 from medtl.data.manifest import list_images, manifest_from_tree, read_manifest
+from medtl.data.readers import DicomOptions
 from medtl.data.transforms import IntensityConfig, eval_transforms
 from medtl.engine.evaluation import predictions_frame
 from medtl.engine.loop import predict_loader, resolve_device
@@ -41,7 +42,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     classes = list(meta["classes"])
     weights = WeightsInfo(source=str(meta.get("encoder_weights", "")), mean=tuple(meta["mean"]),
                           std=tuple(meta["std"]), in_channels=int(meta["in_channels"]))
-    transform = eval_transforms(int(meta["image_size"]), weights, IntensityConfig(**meta["intensity"]))
+    transform = eval_transforms(int(meta["image_size"]), weights, IntensityConfig(**meta["intensity"]),
+                                DicomOptions(**meta.get("dicom", {})))
     items = [{"image": p, "path": p} for p in frame["path"]]
     loader = DataLoader(Dataset(items, transform), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     preds = predict_loader(model, loader, resolve_device(cfg.device), progress=cfg.progress)

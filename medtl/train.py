@@ -32,6 +32,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     set_determinism(seed=cfg.seed)
     data: ImageClassificationData = instantiate(cfg.data)
     data.setup()
+    check = data.run_checks()
     model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
     train_loader, val_loader = data.loaders(model.encoder.weights_info)
     trainer: Trainer = instantiate(cfg.trainer, checkpoint_path=_checkpoint_path())
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with instantiate(cfg.tracking) as tracker:
         tracker.log_config(cfg)
         tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
+        tracker.log_data_check(check, data.skipped)
         fit = trainer.fit(model, train_loader, val_loader, score=evaluator.metrics, on_epoch_end=tracker.log_metrics)
         report = evaluator.report(trainer.predict(model, val_loader, desc="final validation"))
         _log_report(tracker, report, fit.best_epoch, fit.seconds)
@@ -75,6 +77,7 @@ def _model_metadata(model: TransferModel, data: ImageClassificationData, report:
         "std": list(weights.std),
         "intensity": {"lower_percentile": data.intensity.lower_percentile,
                       "upper_percentile": data.intensity.upper_percentile},
+        "dicom": {"voi": data.dicom.voi, "frames": data.dicom.frames},
         "encoder_weights": weights.source,
         "strategy": model.strategy.name,
     }

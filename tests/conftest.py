@@ -17,6 +17,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL_DEMO = DemoSpec(n_patients=48, image_size=96, seed=7)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder, so MLflow's default ./mlruns and Hydra outputs land there."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("demo_cache")

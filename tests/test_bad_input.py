@@ -81,3 +81,21 @@ def test_crash_after_start_marks_run_failed(tiny_overrides: list[str], monkeypat
     mlflow.set_tracking_uri(cfg.tracking.uri)
     runs = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_on_error_skip_trains_without_the_file_and_lists_it(tmp_path: Path, write_png) -> None:
+    for label in ("NORMAL", "PNEUMONIA"):
+        for i in range(8):
+            write_png(tmp_path / "data" / label / f"{label}{i}.png", seed=i + (100 if label == "NORMAL" else 0))
+    bad = tmp_path / "data" / "NORMAL" / "NORMAL3.png"
+    bad.write_bytes(b"\x89PNG broken")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_train([f"data.root={tmp_path / 'data'}", "data.val_fraction=0.34", "data.on_error=skip",
+               f"tracking.uri={uri}", "tracking.log_model=false"])
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")[0]
+    assert run.info.status == "FINISHED" and run.data.params["data.skipped_files"] == "1"
+    assert run.data.metrics["data_check.unreadable"] == 1
+    skipped = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/skipped_files.csv")
+    assert "NORMAL3.png" in skipped
+    assert sum(int(v) for k, v in run.data.params.items() if k.startswith("n_images.")) == 15

@@ -37,7 +37,9 @@ def test_train_logs_a_finished_run_with_metrics_artefacts_and_model(trained_run:
     client = mlflow.MlflowClient()
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artefacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"config.yaml", "val_predictions.csv", "plots/roc_curve.png", "plots/confusion_matrix.png"} <= artefacts
+    assert {"config.yaml", "val_predictions.csv", "plots/roc_curve.png", "plots/confusion_matrix.png",
+            "data_check.json"} <= artefacts
+    assert run.data.metrics["data_check.unreadable"] == 0 and run.data.params["data.skipped_files"] == "0"
     preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
     assert list(preds.columns) == ["path", "label", "score", "pred"]
     assert preds["score"].between(0, 1).all() and set(preds["label"]) == {"NORMAL", "PNEUMONIA"}

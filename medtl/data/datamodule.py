@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
+from medtl.data.check import CheckReport, check_frame
 from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
 from medtl.data.manifest import manifest_from_tree, read_manifest
+from medtl.data.readers import DicomOptions
 from medtl.data.split import assign_validation_split, subsample_patients
 from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
 from medtl.errors import MedtlError, find_user_error
@@ -36,29 +41,71 @@ class ImageClassificationData:
                  demo_dir: str = "~/.cache/medtl/demo", positive_class: str | None = None,
                  patient_id_patterns: Sequence[str] = (), val_fraction: float = 0.2, split_seed: int = 0,
                  max_images: int | None = None, image_size: int = 224, batch_size: int = 32,
-                 num_workers: int = 0, cache: bool = True, cache_workers: int = 2,
-                 intensity: dict | None = None, augment: dict | None = None) -> None:
+                 num_workers: int = 0, cache: str = "memory", cache_dir: str = "~/.cache/medtl/images",
+                 cache_workers: int = 2,
+                 intensity: dict | None = None, augment: dict | None = None, dicom: dict | None = None,
+                 check: bool = True, on_error: str = "raise") -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
-        self.cache, self.cache_workers = cache, cache_workers
+        if cache not in ("memory", "disk", "none"):
+            raise MedtlError(f"data.cache='{cache}' is unknown; use memory, disk or none")
+        self.cache, self.cache_dir, self.cache_workers = cache, cache_dir, cache_workers
         self.intensity = IntensityConfig(**(intensity or {}))
         self.augment = AugmentConfig(**(augment or {}))
+        self.dicom = DicomOptions(**(dicom or {}))
+        if on_error not in ("raise", "skip"):
+            raise MedtlError(f"data.on_error='{on_error}' is unknown; use raise or skip")
+        self.check, self.on_error = check, on_error
+        self.skipped = pd.DataFrame(columns=["path", "reason"])
         self.frame: pd.DataFrame | None = None
         self.classes: list[str] = []
 
-    def setup(self) -> pd.DataFrame:
-        """Read the source, split it by patient and check both splits can train and evaluate."""
+    def setup(self, validate: bool = True) -> pd.DataFrame:
+        """Read the source, split it by patient and check both splits can train and evaluate.
+
+        With ``validate=False`` (for ``medtl.data.check``, which reports problems instead of stopping
+        at the first) a source whose splits are broken is returned as it is.
+        """
         frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
-        frame = assign_validation_split(frame, self.val_fraction, self.split_seed)
+        try:
+            frame = assign_validation_split(frame, self.val_fraction, self.split_seed)
+        except MedtlError:
+            if validate:
+                raise
+            frame = frame.assign(split=frame["split"] if "split" in frame.columns else "train")
         if self.max_images:
             frame = subsample_patients(frame, self.max_images, self.split_seed)
-        self.classes = class_order(frame.loc[frame["split"] == "train", "label"], self.positive_class)
-        _check_val_labels(frame, self.classes)
+        if validate:
+            self.classes = class_order(frame.loc[frame["split"] == "train", "label"], self.positive_class)
+            _check_val_labels(frame, self.classes)
+            log.info("data: %s", self.summary_of(frame))
         self.frame = frame
-        log.info("data: %s", self.summary())
         return frame
+
+    def run_checks(self) -> CheckReport | None:
+        """Read every image once (``medtl.data.check``) and apply ``on_error`` to unreadable ones.
+
+        ``raise`` stops at unreadable images with one line naming the first; ``skip`` drops them and
+        keeps them in ``self.skipped``. Returns the report, or ``None`` when ``check`` is off.
+        """
+        if not self.check:
+            return None
+        frame = self._require_setup()
+        report, _ = check_frame(frame, self.dicom, progress=True)
+        if report.unreadable and self.on_error == "raise":
+            raise MedtlError(f"{len(report.unreadable)} unreadable image(s), first: {report.unreadable[0]['reason']} "
+                             "(or set data.on_error=skip to train without them)")
+        if report.unreadable:
+            self.skipped = pd.DataFrame(report.unreadable)
+            log.warning("skipping %d unreadable image(s); listed in skipped_files.csv", len(self.skipped))
+            self.frame = frame[~frame["path"].isin(self.skipped["path"])].reset_index(drop=True)
+            self.classes = class_order(self.frame.loc[self.frame["split"] == "train", "label"], self.positive_class)
+            _check_val_labels(self.frame, self.classes)
+        for warning in report.warnings:
+            log.warning("data check: %s", warning)
+        return report
 
     @property
     def positive_index(self) -> int | None:
@@ -67,7 +114,10 @@ class ImageClassificationData:
 
     def summary(self) -> dict[str, int]:
         """Image and patient counts per split and class (no identifiers)."""
-        frame = self._require_setup()
+        return self.summary_of(self._require_setup())
+
+    @staticmethod
+    def summary_of(frame: pd.DataFrame) -> dict[str, int]:
         counts: dict[str, int] = {}
         for (split, label), group in frame.groupby(["split", "label"]):
             counts[f"n_images.{split}.{label}"] = len(group)
@@ -77,8 +127,9 @@ class ImageClassificationData:
 
     def loaders(self, weights: WeightsInfo) -> tuple[DataLoader, DataLoader]:
         """Training (shuffled, augmented) and validation loaders, normalised for ``weights``."""
-        train_ds = self._dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment))
-        val_ds = self._dataset("val", eval_transforms(self.image_size, weights, self.intensity))
+        train_ds = self._dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment,
+                                                           self.dicom), weights)
+        val_ds = self._dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom), weights)
         return (DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers),
                 DataLoader(val_ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers))
 
@@ -88,10 +139,12 @@ class ImageClassificationData:
         rows = frame[frame["split"] == split]
         return [{"image": p, "path": p, "label": self.classes.index(lbl)} for p, lbl in zip(rows["path"], rows["label"])]
 
-    def _dataset(self, split: str, transform: Any) -> Dataset:
+    def _dataset(self, split: str, transform: Any, weights: WeightsInfo) -> Dataset:
         items = self.items(split)
-        if not self.cache:
+        if self.cache == "none":
             return Dataset(items, transform)
+        if self.cache == "disk":
+            return self._persistent(items, transform, weights)
         try:
             return CacheDataset(items, transform, cache_rate=1.0, num_workers=self.cache_workers, progress=True)
         except Exception as exc:  # MONAI wraps transform errors; surface the user error it carries
@@ -99,6 +152,17 @@ class ImageClassificationData:
             if user_error is None:
                 raise
             raise user_error from None
+
+    def _persistent(self, items: list[dict[str, Any]], transform: Any, weights: WeightsInfo) -> PersistentDataset:
+        """A disk cache whose key covers the file (path, size, mtime) and every deterministic setting."""
+        signature = (f"v1|{self.image_size}|{asdict(self.intensity)}|{asdict(self.dicom)}|"
+                     f"{weights.mean}|{weights.std}")
+        for item in items:
+            stat = os.stat(item["path"])
+            item["cache_key"] = f"{signature}|{stat.st_size}|{stat.st_mtime_ns}"
+        cache_dir = Path(self.cache_dir).expanduser()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(items, transform, cache_dir=cache_dir)
 
     def _require_setup(self) -> pd.DataFrame:
         if self.frame is None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from medtl.data.manifest import write_manifest
 
-__all__ = ["DemoSpec", "ensure_demo_chest_xray", "synthetic_chest", "write_dx_dicom"]
+__all__ = ["DemoSpec", "dx_dataset", "ensure_demo_chest_xray", "synthetic_chest", "write_dx_dicom"]
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 MANIFEST_NAME = "manifest.csv"
@@ -106,13 +106,14 @@ def write_dx_dicom(path: Path, image: np.ndarray, patient_id: str, monochrome1: 
     stored = np.round((value - intercept) / slope)
     if monochrome1:  # the lowest stored value displays white
         stored = (2**BITS_STORED - 1) - stored
-    ds = _dx_dataset(patient_id)
+    ds = dx_dataset(patient_id)
     ds.set_pixel_data(stored.astype(np.uint16), "MONOCHROME1" if monochrome1 else "MONOCHROME2", BITS_STORED)
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept:g}", "US"
     ds.save_as(path, enforce_file_format=True)
 
 
-def _dx_dataset(patient_id: str) -> Dataset:
+def dx_dataset(patient_id: str) -> Dataset:
+    """A DX "for presentation" dataset with file meta and synthetic patient tags, without pixel data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
     meta.MediaStorageSOPInstanceUID = generate_uid()

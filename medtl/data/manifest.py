@@ -6,6 +6,8 @@ the manifest file's folder. In memory, paths are always absolute.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import tempfile
@@ -26,7 +28,11 @@ __all__ = [
     "manifest_from_tree",
     "list_images",
     "patient_id_from_name",
+    "pseudonymise_patient_ids",
+    "PSEUDONYM_KEY_ENV",
 ]
+
+PSEUDONYM_KEY_ENV = "MEDTL_PSEUDONYM_KEY"
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 OPTIONAL_COLUMNS = ("split", "domain")
@@ -121,6 +127,21 @@ def patient_id_from_name(file_name: str, patterns: Sequence[str]) -> str:
         if match:
             return match.group(1)
     return Path(file_name).stem
+
+
+def pseudonymise_patient_ids(frame: pd.DataFrame, key: str | bytes) -> pd.DataFrame:
+    """Replace ``patient_id`` with ``p-`` + 16 hex digits of HMAC-SHA256(key, id).
+
+    The same key maps the same patient to the same pseudonym, so splits stay patient-disjoint across
+    manifests; without the key the ids cannot be recovered by hashing guesses.
+    """
+    key_bytes = key.encode() if isinstance(key, str) else key
+    if len(key_bytes) < 16:
+        raise MedtlError(f"the pseudonymisation key is {len(key_bytes)} bytes; use at least 16 random bytes "
+                         f"(e.g. export {PSEUDONYM_KEY_ENV}=$(openssl rand -hex 32))")
+    pseudonyms = {pid: "p-" + hmac.new(key_bytes, pid.encode(), hashlib.sha256).hexdigest()[:16]
+                  for pid in frame["patient_id"].unique()}
+    return frame.assign(patient_id=frame["patient_id"].map(pseudonyms))
 
 
 def _rows_for_classes(folder: Path, split: str | None, patterns: Sequence[str]) -> list[dict[str, str | None]]:

@@ -21,7 +21,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medtl.data.readers import LoadRadiographd
+from medtl.data.readers import DicomOptions, LoadRadiographd
 from medtl.models.registry import WeightsInfo
 
 __all__ = ["IntensityConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
@@ -48,10 +48,11 @@ class AugmentConfig:
     noise_std: float = 0.02
 
 
-def deterministic_transforms(image_size: int, intensity: IntensityConfig) -> list:
+def deterministic_transforms(image_size: int, intensity: IntensityConfig,
+                             dicom: DicomOptions = DicomOptions()) -> list:
     """Load, window to [0, 1] and letterbox to ``(1, image_size, image_size)`` keeping the aspect ratio."""
     return [
-        LoadRadiographd(keys=IMAGE),
+        LoadRadiographd(keys=IMAGE, dicom=dicom),
         ScaleIntensityRangePercentilesd(IMAGE, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
                                         b_min=0.0, b_max=1.0, clip=True),
         Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),
@@ -61,7 +62,7 @@ def deterministic_transforms(image_size: int, intensity: IntensityConfig) -> lis
 
 
 def train_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
-                     augment: AugmentConfig) -> Compose:
+                     augment: AugmentConfig, dicom: DicomOptions = DicomOptions()) -> Compose:
     """Deterministic part, then random affine and noise, then the encoder's normalisation."""
     image_size_px = float(image_size)
     random_part = [
@@ -70,13 +71,14 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
                     padding_mode="zeros", mode="bilinear"),
         RandGaussianNoised(IMAGE, prob=augment.prob, std=augment.noise_std),
     ]
-    return Compose([*deterministic_transforms(image_size, intensity), *random_part, _normalise(weights),
+    return Compose([*deterministic_transforms(image_size, intensity, dicom), *random_part, _normalise(weights),
                     EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
 
 
-def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig) -> Compose:
+def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
+                    dicom: DicomOptions = DicomOptions()) -> Compose:
     """Deterministic part, then the encoder's normalisation."""
-    return Compose([*deterministic_transforms(image_size, intensity), _normalise(weights)])
+    return Compose([*deterministic_transforms(image_size, intensity, dicom), _normalise(weights)])
 
 
 def _normalise(weights: WeightsInfo) -> NormalizeIntensityd:

@@ -66,6 +66,17 @@ class MlflowTracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: _short(v) for k, v in params.items()})
 
+    def log_data_check(self, report: Any, skipped: pd.DataFrame) -> None:
+        """Log ``medtl.data.check``'s summary, its JSON report, warnings as tags and the skipped files."""
+        if report is not None:
+            self.log_metrics(report.summary())
+            mlflow.log_text(report.to_json(), "data_check.json")
+            for index, warning in enumerate(report.warnings):
+                mlflow.set_tag(f"medtl.warning.{index}", warning[:MAX_PARAM_LENGTH])
+        self.log_params({"data.skipped_files": len(skipped)})
+        if len(skipped):
+            self.log_frame(skipped, "skipped_files.csv")
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
         mlflow.log_metrics(finite, step=step)

@@ -69,3 +69,16 @@ def test_empty_tree_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "NORMAL").mkdir()
     with pytest.raises(MedtlError, match="holds no images"):
         manifest_from_tree(tmp_path)
+
+
+def test_pseudonymisation_is_keyed_stable_and_keeps_grouping() -> None:
+    from medtl.data.manifest import pseudonymise_patient_ids
+
+    frame = pd.DataFrame({"path": ["a", "b", "c"], "label": ["X", "X", "Y"], "patient_id": ["person1", "person1", "person2"]})
+    one = pseudonymise_patient_ids(frame, "k" * 32)
+    assert one["patient_id"].nunique() == 2 and one.at[0, "patient_id"] == one.at[1, "patient_id"]
+    assert all(p.startswith("p-") and "person" not in p for p in one["patient_id"])
+    assert one["patient_id"].equals(pseudonymise_patient_ids(frame, "k" * 32)["patient_id"])
+    assert not one["patient_id"].equals(pseudonymise_patient_ids(frame, "j" * 32)["patient_id"])
+    with pytest.raises(MedtlError, match="at least 16"):
+        pseudonymise_patient_ids(frame, "short")

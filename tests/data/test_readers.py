@@ -67,7 +67,7 @@ def test_demo_monochrome1_files_are_the_right_way_up(demo_manifest: Path) -> Non
 def test_non_dicom_file_named_dcm_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "fake.dcm"
     path.write_bytes(b"this is not a DICOM file at all" * 10)
-    with pytest.raises(MedtlError, match=r"cannot read image .*fake\.dcm"):
+    with pytest.raises(MedtlError, match=r"fake\.dcm.*(not an image|cannot read)|cannot read image .*fake\.dcm"):
         LoadRadiograph()(str(path))
 
 

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration,
 
 
 def test_kermany_split_is_by_patient() -> None:
-    data = ImageClassificationData(root=str(KERMANY), positive_class="PNEUMONIA", cache=False,
+    data = ImageClassificationData(root=str(KERMANY), positive_class="PNEUMONIA", cache="none",
                                    patient_id_patterns=[r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"])
     frame = data.setup()
     assert len(frame) == 5216

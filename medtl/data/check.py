@@ -1,0 +1,264 @@
+"""Data checks before training: ``python -m medtl.data.check <manifest.csv | Hydra overrides>``.
+
+Reads every image once and reports what would corrupt training or evaluation (unreadable files,
+patients or duplicate images that cross splits, a split with one class) and what would make
+results misleading (a *shortcut*: label-free image properties that predict the label).
+
+    python -m medtl.data.check data_manifests/site_a.csv
+    python -m medtl.data.check +experiment=chest_xray data.root=../shared/data/chest_xray_kermany
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydicom
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from tqdm.auto import tqdm
+
+from medtl.data.readers import DicomOptions, LoadRadiograph
+from medtl.engine.metrics import auroc
+from medtl.errors import MedtlError, exit_on_user_error
+
+__all__ = ["ImageFacts", "CheckReport", "inspect_image", "check_frame", "main"]
+
+SHORTCUT_WARNING_AUROC = 0.8
+NEAR_DUPLICATE_BITS = 3  # of a 64-bit difference hash
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+# Acquisition tags only: never patient-identifying ones.
+ACQUISITION_TAGS = ("Manufacturer", "ManufacturerModelName", "ViewPosition", "Modality", "PhotometricInterpretation")
+
+
+@dataclass
+class ImageFacts:
+    """Label-free facts about one image (no identifiers besides its path)."""
+
+    path: str
+    readable: bool
+    reason: str = ""
+    height: int = 0
+    width: int = 0
+    pixel_hash: str = ""
+    dhash: int = 0
+    features: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    counts: dict[str, int]
+    unreadable: list[dict[str, str]]
+    exact_duplicates: list[list[str]]
+    near_duplicates: list[list[str]]
+    leaks: list[str]
+    problems: list[str]
+    warnings: list[str]
+    shortcut_auroc: float | None
+    sizes: dict[str, int]
+    photometric: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    def summary(self) -> dict[str, float]:
+        """Numbers worth logging with a training run."""
+        return {"data_check.unreadable": len(self.unreadable), "data_check.exact_duplicates": len(self.exact_duplicates),
+                "data_check.near_duplicates": len(self.near_duplicates), "data_check.leaks": len(self.leaks),
+                "data_check.shortcut_auroc": float("nan") if self.shortcut_auroc is None else self.shortcut_auroc}
+
+
+def inspect_image(path: str, loader: LoadRadiograph) -> ImageFacts:
+    """Decode ``path`` as training would and compute its label-free facts; never raises for bad files."""
+    try:
+        image = np.asarray(loader(path))[0]  # (1, H, W) -> (H, W)
+    except MedtlError as exc:
+        return ImageFacts(path, readable=False, reason=str(exc))
+    height, width = image.shape[-2:]
+    unit = _unit_range(image)
+    return ImageFacts(path, readable=True, height=int(height), width=int(width),
+                      pixel_hash=hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest(),
+                      dhash=_difference_hash(unit), features=_image_features(unit, height, width),
+                      tags=_acquisition_tags(path))
+
+
+def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe: bool = True,
+                progress: bool = True) -> tuple[CheckReport, list[ImageFacts]]:
+    """Check a manifest frame (``path, label, patient_id[, split]``); return the report and per-image facts."""
+    loader = LoadRadiograph(dicom)
+    facts = [inspect_image(p, loader) for p in tqdm(frame["path"], desc="data check: reading", unit="image",
+                                                     disable=not progress)]
+    frame = frame.assign(split=frame["split"] if "split" in frame.columns else "train").reset_index(drop=True)
+    good = [i for i, f in enumerate(facts) if f.readable]
+    exact = _group_by(frame, facts, good, key=lambda f: f.pixel_hash)
+    near = _near_duplicate_pairs(frame, facts, good)
+    leaks = _split_leaks(frame, exact + near)
+    problems = _problems(frame, facts, leaks)
+    shortcut = _shortcut_probe(frame.iloc[good], [facts[i] for i in good]) if probe else None
+    warnings = [] if shortcut is None or shortcut <= SHORTCUT_WARNING_AUROC else [
+        f"shortcut probe AUROC {shortcut:.3f} > {SHORTCUT_WARNING_AUROC}: label-free image properties (size, "
+        "intensity histogram, borders, acquisition tags) predict the label; a model may learn where images came "
+        "from instead of the disease"]
+    readable = [facts[i] for i in good]
+    report = CheckReport(
+        counts=_counts(frame), unreadable=[{"path": f.path, "reason": f.reason} for f in facts if not f.readable],
+        exact_duplicates=exact, near_duplicates=near, leaks=leaks, problems=problems, warnings=warnings,
+        shortcut_auroc=shortcut, sizes=pd.Series([f"{f.height}x{f.width}" for f in readable]).value_counts().to_dict(),
+        photometric=pd.Series([f.tags.get("PhotometricInterpretation", "non-DICOM") for f in readable]).value_counts().to_dict())
+    return report, facts
+
+
+def _unit_range(image: np.ndarray) -> np.ndarray:
+    low, high = float(image.min()), float(image.max())
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def _difference_hash(unit: np.ndarray) -> int:
+    """64-bit difference hash of an ``(H, W)`` image: sign of horizontal gradients on a 8x9 thumbnail."""
+    rows = np.linspace(0, unit.shape[0] - 1, 8).astype(int)
+    cols = np.linspace(0, unit.shape[1] - 1, 9).astype(int)
+    thumb = unit[np.ix_(rows, cols)]  # (8, 9), nearest-neighbour thumbnail
+    bits = (thumb[:, 1:] > thumb[:, :-1]).ravel()  # (64,)
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def _image_features(unit: np.ndarray, height: int, width: int) -> dict[str, float]:
+    """Label-free properties: size, aspect, intensity percentiles, border and background statistics."""
+    border = np.concatenate([unit[:8].ravel(), unit[-8:].ravel(), unit[:, :8].ravel(), unit[:, -8:].ravel()])
+    features = {"height": float(height), "width": float(width), "aspect": width / max(height, 1),
+                "border_mean": float(border.mean()), "border_std": float(border.std()),
+                "background_fraction": float((unit < 0.05).mean())}
+    features.update({f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(unit, PERCENTILES))})
+    return features
+
+
+def _acquisition_tags(path: str) -> dict[str, str]:
+    if not path.lower().endswith((".dcm", ".dicom")):
+        return {}
+    header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(ACQUISITION_TAGS))
+    return {tag: str(header.get(tag, "")) for tag in ACQUISITION_TAGS if header.get(tag) is not None}
+
+
+def _group_by(frame: pd.DataFrame, facts: list[ImageFacts], rows: list[int], key: Any) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for i in rows:
+        groups.setdefault(key(facts[i]), []).append(frame.at[i, "path"])
+    return [paths for paths in groups.values() if len(paths) > 1]
+
+
+def _near_duplicate_pairs(frame: pd.DataFrame, facts: list[ImageFacts], rows: list[int]) -> list[list[str]]:
+    """Pairs whose difference hashes differ in at most NEAR_DUPLICATE_BITS bits (exact duplicates excluded)."""
+    if len(rows) < 2:
+        return []
+    hashes = np.array([facts[i].dhash for i in rows], dtype=np.uint64)
+    bits = np.unpackbits(hashes.view(np.uint8).reshape(-1, 8), axis=1).astype(bool)  # (N, 64)
+    pairs = []
+    for a in range(len(rows) - 1):
+        distance = (bits[a + 1:] != bits[a]).sum(axis=1)  # (N - a - 1,)
+        for b in np.flatnonzero(distance <= NEAR_DUPLICATE_BITS) + a + 1:
+            if facts[rows[a]].pixel_hash != facts[rows[b]].pixel_hash:
+                pairs.append([frame.at[rows[a], "path"], frame.at[rows[b], "path"]])
+    return pairs
+
+
+def _split_leaks(frame: pd.DataFrame, duplicate_groups: list[list[str]]) -> list[str]:
+    leaks = []
+    for patient, group in frame.groupby("patient_id"):
+        if group["split"].nunique() > 1:
+            leaks.append(f"patient '{patient}' is in splits {sorted(group['split'].unique())}")
+    split_of = dict(zip(frame["path"], frame["split"]))
+    for paths in duplicate_groups:
+        splits = sorted({split_of[p] for p in paths})
+        if len(splits) > 1:
+            leaks.append(f"duplicate images in splits {splits}: {', '.join(paths[:3])}")
+    return leaks
+
+
+def _problems(frame: pd.DataFrame, facts: list[ImageFacts], leaks: list[str]) -> list[str]:
+    problems = [f"{sum(not f.readable for f in facts)} unreadable image(s), first: "
+                f"{next(f.reason for f in facts if not f.readable)}"] if any(not f.readable for f in facts) else []
+    problems += leaks
+    for split, group in frame.groupby("split"):
+        if split in ("train", "val") and group["label"].nunique() < 2:
+            problems.append(f"split '{split}' has a single class {sorted(group['label'].unique())}")
+    return problems
+
+
+def _counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts = {f"images.{s}.{label}": len(g) for (s, label), g in frame.groupby(["split", "label"])}
+    counts.update({f"patients.{s}": g["patient_id"].nunique() for s, g in frame.groupby("split")})
+    return counts
+
+
+def _shortcut_probe(frame: pd.DataFrame, facts: list[ImageFacts]) -> float | None:
+    """Patient-grouped 5-fold cross-validated AUROC of a boosted-tree classifier on label-free facts."""
+    labels = pd.Categorical(frame["label"]).codes
+    if len(set(labels)) < 2 or frame["patient_id"].nunique() < 10:
+        return None
+    table = pd.DataFrame([f.features for f in facts])
+    tags = pd.DataFrame([f.tags for f in facts]).drop(columns=["PhotometricInterpretation"], errors="ignore")
+    for column in tags.columns:  # categorical acquisition tags as integer codes
+        table[f"tag_{column}"] = pd.Categorical(tags[column].fillna("")).codes
+    folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
+    model = HistGradientBoostingClassifier(max_iter=100, random_state=0)
+    probs = cross_val_predict(model, table.to_numpy(), labels, groups=frame["patient_id"].to_numpy(), cv=folds,
+                              method="predict_proba")
+    return auroc(labels, probs[:, 1] if probs.shape[1] == 2 else probs)
+
+
+def format_report(report: CheckReport) -> str:
+    lines = ["medtl data check", "counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()),
+             f"image sizes: {dict(list(report.sizes.items())[:5])}", f"photometric: {report.photometric}",
+             f"unreadable: {len(report.unreadable)}, exact duplicate groups: {len(report.exact_duplicates)}, "
+             f"near-duplicate pairs: {len(report.near_duplicates)}",
+             "shortcut probe AUROC: " + ("n/a" if report.shortcut_auroc is None else f"{report.shortcut_auroc:.3f}")]
+    lines += [f"PROBLEM: {p}" for p in report.problems] + [f"WARNING: {w}" for w in report.warnings]
+    lines.append("OK: nothing found that would corrupt training or evaluation" if report.ok else
+                 f"FAILED: {len(report.problems)} problem(s)")
+    return "\n".join(lines)
+
+
+def _frame_from_args(args: Sequence[str]) -> tuple[pd.DataFrame, DicomOptions]:
+    from medtl.data.manifest import read_manifest
+
+    if len(args) == 1 and args[0].lower().endswith(".csv"):
+        return read_manifest(args[0]), DicomOptions()
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from medtl import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(args))
+    data = instantiate(cfg.data)
+    return data.setup(validate=False), data.dicom
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("--out=")), None)
+    args = [a for a in args if not a.startswith("--out=")]
+    if not args:
+        raise MedtlError("usage: python -m medtl.data.check <manifest.csv | Hydra overrides> [--out=report.json]")
+    frame, dicom = _frame_from_args(args)
+    report, _ = check_frame(frame, dicom)
+    print(format_report(report))
+    if out:
+        Path(out).write_text(report.to_json())
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medtl.data.check import check_frame, main
+from medtl.data.manifest import read_manifest, write_manifest
+
+
+def image_set(folder: Path, n: int, shape_of: dict[str, tuple[int, int]], seed: int = 0) -> pd.DataFrame:
+    """``n`` random-texture PNGs per class, one patient each; class ``c`` images have shape ``shape_of[c]``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, shape in shape_of.items():
+        for i in range(n):
+            path = folder / label / f"{label}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, size=shape, dtype=np.uint8)).save(path)
+            rows.append({"path": str(path), "label": label, "patient_id": f"{label}{i}",
+                         "split": "val" if i % 4 == 0 else "train"})
+    return pd.DataFrame(rows)
+
+
+def test_clean_demo_data_passes(demo_manifest: Path) -> None:
+    frame = read_manifest(demo_manifest).assign(split="train")
+    frame.loc[frame.index % 5 == 0, "split"] = "val"
+    frame["split"] = frame.groupby("patient_id")["split"].transform("first")
+    report, facts = check_frame(frame, progress=False)
+    assert report.ok, report.problems
+    assert report.unreadable == [] and report.exact_duplicates == []
+    assert set(report.photometric) == {"MONOCHROME1", "MONOCHROME2"}
+    assert report.counts["images.train.NORMAL"] + report.counts["images.val.NORMAL"] == (frame["label"] == "NORMAL").sum()
+    assert all(f.readable and f.height == 96 for f in facts)
+    assert "PatientID" not in json.dumps([f.tags for f in facts]) and "DEMO-" not in report.to_json()
+
+
+def test_duplicate_across_splits_and_unreadable_file_are_problems(tmp_path: Path) -> None:
+    frame = image_set(tmp_path, 8, {"A": (32, 32), "B": (32, 32)})
+    copy = tmp_path / "B" / "copy_of_A1.png"
+    shutil.copy(frame.at[1, "path"], copy)  # A_1 is train; the copy goes to val under another patient
+    broken = tmp_path / "B" / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    extra = pd.DataFrame([{"path": str(copy), "label": "B", "patient_id": "Bx", "split": "val"},
+                          {"path": str(broken), "label": "B", "patient_id": "By", "split": "train"}])
+    report, _ = check_frame(pd.concat([frame, extra], ignore_index=True), probe=False, progress=False)
+    assert not report.ok
+    assert [sorted(g) for g in report.exact_duplicates] == [sorted([frame.at[1, "path"], str(copy)])]
+    assert any("duplicate images in splits ['train', 'val']" in leak for leak in report.leaks)
+    assert report.unreadable[0]["path"] == str(broken) and "broken.png" in report.unreadable[0]["reason"]
+
+
+def test_near_duplicates_are_found(tmp_path: Path) -> None:
+    frame = image_set(tmp_path, 6, {"A": (64, 64), "B": (64, 64)})
+    original = np.asarray(Image.open(frame.at[0, "path"]), dtype=np.int16)
+    near = tmp_path / "A" / "near.png"
+    Image.fromarray(np.clip(original + 3, 0, 255).astype(np.uint8)).save(near)  # brighter copy
+    extra = pd.DataFrame([{"path": str(near), "label": "A", "patient_id": "A0", "split": "val"}])
+    report, _ = check_frame(pd.concat([frame, extra], ignore_index=True), probe=False, progress=False)
+    assert [frame.at[0, "path"], str(near)] in report.near_duplicates
+
+
+def test_shortcut_probe_flags_size_that_gives_the_label_away(tmp_path: Path) -> None:
+    shortcut, _ = check_frame(image_set(tmp_path / "s", 30, {"A": (40, 40), "B": (40, 56)}), progress=False)
+    fair, _ = check_frame(image_set(tmp_path / "f", 30, {"A": (40, 40), "B": (40, 40)}), progress=False)
+    assert shortcut.shortcut_auroc > 0.95 and shortcut.warnings and shortcut.ok  # a warning, not a failure
+    assert fair.shortcut_auroc < 0.75 and not fair.warnings
+
+
+def test_cli_exit_status_and_json(tmp_path: Path) -> None:
+    frame = image_set(tmp_path, 6, {"A": (32, 32), "B": (32, 32)})
+    manifest = write_manifest(frame, tmp_path / "m.csv")
+    with pytest.raises(SystemExit) as ok:
+        main([str(manifest), f"--out={tmp_path / 'r.json'}"])
+    assert ok.value.code == 0 and json.loads((tmp_path / "r.json").read_text())["problems"] == []
+    frame.loc[0, "split"] = "val"
+    frame.loc[1, "patient_id"] = frame.loc[0, "patient_id"]  # one patient in train and val
+    with pytest.raises(SystemExit) as failed:
+        main([str(write_manifest(frame, tmp_path / "bad.csv"))])
+    assert failed.value.code == 1

@@ -1,0 +1,107 @@
+"""Our DICOM reader against pydicom's own decoding, on every test file pydicom ships.
+
+Covers implicit/explicit VR, big endian, RLE, JPEG baseline/lossless, JPEG-LS and JPEG 2000
+files, colour and multi-frame files. Files without pixel data must be refused by name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from medtl.data.readers import DicomOptions, LoadRadiograph
+from medtl.errors import MedtlError
+
+# Only the files bundled inside the pydicom wheel: get_testdata_files() would try to download more.
+FILES = sorted(str(p) for p in (Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+
+
+def pydicom_reference(path: str) -> np.ndarray | None:
+    """Frame 0 after the modality LUT, MONOCHROME1 inverted, colour as BT.601 luma.
+
+    None when the file must be refused: pydicom cannot decode it, or it is a Segmentation (a mask, not an image).
+    """
+    ds = pydicom.dcmread(path, force=True)
+    if "SegmentSequence" in ds:
+        return None
+    try:
+        pixels = ds.pixel_array
+    except Exception:  # noqa: BLE001 - pydicom itself cannot decode it: our reader must refuse it
+        return None
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if ds.PhotometricInterpretation in COLOUR:
+        return pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        bits, signed = ds.BitsStored, ds.PixelRepresentation == 1
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        slope, intercept = float(getattr(ds, "RescaleSlope", 1)), float(getattr(ds, "RescaleIntercept", 0))
+        values = (low * slope + intercept) + (high * slope + intercept) - values
+    return values
+
+
+def has_pixels(path: str) -> bool:
+    return "PixelData" in pydicom.dcmread(path, force=True)
+
+
+IMAGE_FILES = [f for f in FILES if has_pixels(f)]
+NON_IMAGE_FILES = [f for f in FILES if not has_pixels(f)]
+
+
+@pytest.mark.parametrize("path", IMAGE_FILES, ids=lambda p: Path(p).name)
+def test_reader_matches_pydicom_or_refuses_by_name(path: str) -> None:
+    loader = LoadRadiograph(DicomOptions(voi="none"))
+    reference = pydicom_reference(path)
+    if reference is None:
+        with pytest.raises(MedtlError, match=Path(path).name):
+            loader(path)
+        return
+    ours = np.asarray(loader(path))[0]  # (1, H, W) -> (H, W)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-3 * max(1.0, np.abs(reference).max()))
+
+
+# pydicom's deliberately broken files (truncated, bad VR, no transfer syntax, corrupt JPEG / J2K
+# streams, a nested private sequence with no decodable pixels) and two Segmentation objects.
+EXPECTED_REFUSED = {
+    "JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm", "MR_truncated.dcm", "badVR.dcm",
+    "meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm", "liver_1frame.dcm", "liver_expb_1frame.dcm",
+}
+
+
+def test_every_decodable_file_decodes_including_compressed_syntaxes() -> None:
+    decoded = [Path(f).name for f in IMAGE_FILES if pydicom_reference(f) is not None]
+    refused = {Path(f).name for f in IMAGE_FILES} - set(decoded)
+    assert refused <= EXPECTED_REFUSED, f"newly refused: {sorted(refused - EXPECTED_REFUSED)}"
+    assert len(decoded) >= 50
+    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm",
+                 "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm"):
+        assert name in decoded, f"{name} should decode with the pylibjpeg / pyjpegls plugins installed"
+
+
+@pytest.mark.parametrize("path", NON_IMAGE_FILES, ids=lambda p: Path(p).name)
+def test_files_without_pixel_data_are_refused(path: str) -> None:
+    with pytest.raises(MedtlError, match=Path(path).name):
+        LoadRadiograph()(path)
+
+
+def test_windowing_is_applied_in_auto_mode(tmp_path: Path) -> None:
+    from medtl.data.demo import write_dx_dicom
+
+    path = tmp_path / "w.dcm"
+    image = np.tile(np.linspace(0, 1, 64), (32, 1))  # (32, 64) ramp, 0..4095 stored
+    write_dx_dicom(path, image, "P", monochrome1=True, rescale=(1.0, 0.0))
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = 2048, 1024
+    ds.save_as(path)
+    raw = np.asarray(LoadRadiograph(DicomOptions(voi="none"))(str(path)))[0]
+    windowed = np.asarray(LoadRadiograph(DicomOptions(voi="auto"))(str(path)))[0]
+    np.testing.assert_allclose(raw[0], np.round(image[0] * 4095), atol=1)  # bone bright, exact values
+    assert windowed[0, 0] == windowed[0, 10] == 0  # below the window: clipped to the bottom
+    assert windowed[0, -1] == windowed[0, -10] == 4095  # above: clipped to the top
+    assert np.all(np.diff(windowed[0]) >= 0)  # still bright = dense after the MONOCHROME1 inversion
