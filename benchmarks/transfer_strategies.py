@@ -57,9 +57,10 @@ def machine() -> str:
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    payload = {"machine": machine(), "commit": commit(), "data": args.data, "image_size": args.image_size, "runs": rows}
+    data = os.path.relpath(args.data, HERE.parent)
+    payload = {"machine": machine(), "commit": commit(), "data": data, "image_size": args.image_size, "runs": rows}
     (out / "transfer_strategies.json").write_text(json.dumps(payload, indent=2))
-    lines = [f"Machine: {machine()}. Commit {commit()}. Data: `{args.data}` (train/, 20% of patients held out), "
+    lines = [f"Machine: {machine()}. Commit {commit()}. Data: `{data}` (train/, 20% of patients held out), "
              f"{args.image_size} px.", "",
              "| strategy | val AUROC | accuracy | sensitivity | specificity | wall time |",
              "|---|---|---|---|---|---|"]

@@ -103,8 +103,8 @@ class ImageClassificationData:
             self.frame = frame[~frame["path"].isin(self.skipped["path"])].reset_index(drop=True)
             self.classes = class_order(self.frame.loc[self.frame["split"] == "train", "label"], self.positive_class)
             _check_val_labels(self.frame, self.classes)
-        for warning in report.warnings:
-            log.warning("data check: %s", warning)
+        for message in report.problems + report.warnings:
+            log.warning("data check: %s", message)
         return report
 
     @property
@@ -127,9 +127,9 @@ class ImageClassificationData:
 
     def loaders(self, weights: WeightsInfo) -> tuple[DataLoader, DataLoader]:
         """Training (shuffled, augmented) and validation loaders, normalised for ``weights``."""
-        train_ds = self._dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment,
+        train_ds = self.dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment,
                                                            self.dicom), weights)
-        val_ds = self._dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom), weights)
+        val_ds = self.dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom), weights)
         return (DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers),
                 DataLoader(val_ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers))
 
@@ -139,7 +139,8 @@ class ImageClassificationData:
         rows = frame[frame["split"] == split]
         return [{"image": p, "path": p, "label": self.classes.index(lbl)} for p, lbl in zip(rows["path"], rows["label"])]
 
-    def _dataset(self, split: str, transform: Any, weights: WeightsInfo) -> Dataset:
+    def dataset(self, split: str, transform: Any, weights: WeightsInfo) -> Dataset:
+        """Items of ``split`` through ``transform``, cached as ``data.cache`` says (memory, disk or none)."""
         items = self.items(split)
         if self.cache == "none":
             return Dataset(items, transform)

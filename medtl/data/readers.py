@@ -17,7 +17,7 @@ from monai.config import KeysCollection
 from monai.data import PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
 from PIL import Image
-from pydicom.pixels import apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from medtl.errors import MedtlError
 
@@ -31,6 +31,7 @@ RESCALE_SLOPE = "RescaleSlope"
 RESCALE_INTERCEPT = "RescaleIntercept"
 NUMBER_OF_FRAMES = "NumberOfFrames"
 VOI_LUT_SEQUENCE = "VOILUTSequence"
+MODALITY_LUT_SEQUENCE = "ModalityLUTSequence"
 WINDOW_CENTER = "WindowCenter"
 WINDOW_WIDTH = "WindowWidth"
 COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
@@ -64,10 +65,10 @@ class DicomOptions:
 class RadiographDicomReader(PydicomReader):
     """MONAI's ``PydicomReader`` plus the display pipeline a radiograph needs.
 
-    Per the DICOM grayscale pipeline: modality LUT (RescaleSlope/Intercept, applied by MONAI) ->
+    Per the DICOM grayscale pipeline: modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence) ->
     VOI LUT or windowing (``options.voi``) -> MONOCHROME1 inverted over its output range, so that
     high attenuation (bone) is bright in every image. Colour (RGB/YBR) images become grey (BT.601
-    luma). Output: float32 ``(H, W)``, or ``(F, H, W)`` with ``frames="all"``. Metadata is pruned
+    luma; PALETTE COLOR through its palette first). Output: float32 ``(H, W)``, or ``(F, H, W)`` with ``frames="all"``. Metadata is pruned
     to geometry tags (MONAI's default), so no patient tags travel on.
     """
 
@@ -84,12 +85,15 @@ class RadiographDicomReader(PydicomReader):
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
         if "PixelData" not in img:
             raise MedtlError(f"DICOM file {filename} has no Pixel Data; it is not an image, remove it from the data")
-        data = np.asarray(super()._get_array_data(img, filename), dtype=np.float32)
+        data = img.pixel_array  # pydicom's decoders; colour comes out as RGB
         if int(getattr(img, NUMBER_OF_FRAMES, 1) or 1) > 1 and self.options.frames == "first":
             data = data[0]  # (F, H, W[, 3]) -> (H, W[, 3])
         photometric = str(getattr(img, PHOTOMETRIC_INTERPRETATION, "MONOCHROME2"))
-        if photometric in COLOUR_PHOTOMETRICS:
-            return data @ LUMA_WEIGHTS  # (..., H, W, 3) -> (..., H, W); pydicom already gave RGB
+        if photometric == "PALETTE COLOR":  # indices, not intensities: map through the palette first
+            data = apply_color_lut(data, img)  # (..., H, W) -> (..., H, W, 3)
+        if photometric in COLOUR_PHOTOMETRICS or photometric == "PALETTE COLOR":
+            return data.astype(np.float32) @ LUMA_WEIGHTS  # (..., H, W, 3) -> (..., H, W)
+        data = np.asarray(apply_modality_lut(data, img), dtype=np.float32)
         low, high = _rescaled_range(img)
         if self.options.voi == "auto" and (VOI_LUT_SEQUENCE in img or (WINDOW_CENTER in img and WINDOW_WIDTH in img)):
             data = np.asarray(apply_voi_lut(data, img, prefer_lut=True), dtype=np.float32)
@@ -164,6 +168,9 @@ def _voi_output_range(img: Any, low: float, high: float) -> tuple[float, float]:
 
 def _rescaled_range(img: Any) -> tuple[float, float]:
     """The range of stored values (from BitsStored and PixelRepresentation) after the modality LUT."""
+    if MODALITY_LUT_SEQUENCE in img:
+        lut_bits = int(img.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**lut_bits - 1)
     bits = int(getattr(img, BITS_STORED, 16))
     signed = int(getattr(img, PIXEL_REPRESENTATION, 0)) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)

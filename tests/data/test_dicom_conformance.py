@@ -10,13 +10,26 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from medtl.data.readers import DicomOptions, LoadRadiograph
 from medtl.errors import MedtlError
 
-# Only the files bundled inside the pydicom wheel: get_testdata_files() would try to download more.
-FILES = sorted(str(p) for p in (Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
+
+
+def local_test_files() -> list[str]:
+    """pydicom's bundled files plus the pydicom-data package's (dev extra); never downloaded at test time."""
+    folders = [Path(pydicom.__file__).parent / "data" / "test_files"]
+    try:
+        import data_store  # the import name of the pydicom-data package
+
+        folders.append(Path(data_store.__file__).parent / "data")
+    except ImportError:
+        pass
+    return sorted(str(p) for folder in folders for p in folder.rglob("*.dcm"))
+
+
+FILES = local_test_files()
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
@@ -34,10 +47,15 @@ def pydicom_reference(path: str) -> np.ndarray | None:
         return None
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
-    if ds.PhotometricInterpretation in COLOUR:
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)
+    if ds.PhotometricInterpretation in COLOUR or ds.PhotometricInterpretation == "PALETTE COLOR":
         return pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
+    if ds.PhotometricInterpretation == "MONOCHROME1" and "ModalityLUTSequence" in ds:
+        top = 2 ** ds.ModalityLUTSequence[0].LUTDescriptor[2] - 1
+        values = top - values
+    elif ds.PhotometricInterpretation == "MONOCHROME1":
         bits, signed = ds.BitsStored, ds.PixelRepresentation == 1
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         slope, intercept = float(getattr(ds, "RescaleSlope", 1)), float(getattr(ds, "RescaleIntercept", 0))
@@ -71,6 +89,9 @@ def test_reader_matches_pydicom_or_refuses_by_name(path: str) -> None:
 EXPECTED_REFUSED = {
     "JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm", "MR_truncated.dcm", "badVR.dcm",
     "meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm", "liver_1frame.dcm", "liver_expb_1frame.dcm",
+    # pydicom-data: corrupt streams, Segmentations, and a pre-standard file with no transfer syntax
+    "JPEG-LL.dcm", "emri_small_jpeg_2k_lossless_too_short.dcm", "bad_sequence.dcm", "liver.dcm",
+    "liver_expb.dcm", "OT-PAL-8-face.dcm",
 }
 
 
@@ -105,3 +126,30 @@ def test_windowing_is_applied_in_auto_mode(tmp_path: Path) -> None:
     assert windowed[0, 0] == windowed[0, 10] == 0  # below the window: clipped to the bottom
     assert windowed[0, -1] == windowed[0, -10] == 4095  # above: clipped to the top
     assert np.all(np.diff(windowed[0]) >= 0)  # still bright = dense after the MONOCHROME1 inversion
+
+
+def test_real_voi_lut_file_in_auto_mode_matches_pydicom() -> None:
+    data_store = pytest.importorskip("data_store")  # pydicom-data, a dev extra
+    path = Path(data_store.__file__).parent / "data" / "vlut_04.dcm"
+    ds = pydicom.dcmread(path)
+    assert "VOILUTSequence" in ds
+    from pydicom.pixels import apply_voi_lut
+
+    expected = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, prefer_lut=True)
+    ours = np.asarray(LoadRadiograph(DicomOptions(voi="auto"))(str(path)))[0]
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+    assert not np.allclose(ours, np.asarray(LoadRadiograph(DicomOptions(voi="none"))(str(path)))[0])
+
+
+def test_palette_colour_image_goes_through_its_palette(tmp_path: Path) -> None:
+    data_store = pytest.importorskip("data_store")
+    ds = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "OT-PAL-8-face.dcm", force=True)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # repair the pre-standard header
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    path = tmp_path / "palette.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    ours = np.asarray(LoadRadiograph()(str(path)))[0]
+    rgb = apply_color_lut(pydicom.dcmread(path).pixel_array, ds).astype(np.float32)
+    np.testing.assert_allclose(ours, rgb @ np.array([0.299, 0.587, 0.114], np.float32), rtol=1e-5)
+    assert not np.allclose(ours, pydicom.dcmread(path).pixel_array)  # not the raw palette indices

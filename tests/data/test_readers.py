@@ -86,3 +86,11 @@ def test_truncated_png_is_refused(tmp_path: Path, write_png) -> None:
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(MedtlError, match=r"t\.png"):
         LoadRadiograph()(str(path))
+
+
+@pytest.mark.parametrize("name", ["empty.dcm", "empty.png"])
+def test_zero_byte_files_are_refused_by_name(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(MedtlError, match=name.replace(".", r"\.")):
+        LoadRadiograph()(str(path))

@@ -77,3 +77,12 @@ def test_corrupt_nifti_and_wrong_kind_are_refused(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.full((3, 3, 3), np.nan, np.float32), np.eye(4)), nan)
     with pytest.raises(MedtlError, match="NaN"):
         LoadVolume()(str(nan))
+
+
+def test_2d_nifti_loads_as_one_channel_slice(tmp_path: Path) -> None:
+    data = np.arange(20, dtype=np.float32).reshape(4, 5)
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 1.0, 1.0])), tmp_path / "slice.nii")
+    volume = LoadVolume()(str(tmp_path / "slice.nii"))
+    assert tuple(volume.shape) == (1, 4, 5)
+    np.testing.assert_allclose(np.asarray(volume)[0], data)
+    np.testing.assert_allclose(volume.pixdim[:2], [0.5, 0.5])

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medtl.data import ImageClassificationData
+from medtl.data import readers
+from medtl.errors import MedtlError
+from medtl.models.registry import WeightsInfo
+
+WEIGHTS = WeightsInfo(source="test")
+
+
+def make_data(root: Path, cache_dir: Path) -> ImageClassificationData:
+    data = ImageClassificationData(root=str(root), image_size=32, cache="disk", cache_dir=str(cache_dir),
+                                   val_fraction=0.25, batch_size=4)
+    data.setup()
+    return data
+
+
+def val_images(data: ImageClassificationData) -> list[np.ndarray]:
+    _, val_loader = data.loaders(WEIGHTS)
+    return [np.asarray(item["image"]) for item in val_loader.dataset]
+
+
+def test_disk_cache_is_reused_and_invalidated_per_file(tmp_path: Path, write_png, monkeypatch: pytest.MonkeyPatch) -> None:
+    for label in ("A", "B"):
+        for i in range(8):
+            write_png(tmp_path / "data" / label / f"{label}{i}.png", seed=i + (50 if label == "B" else 0))
+    calls: list[str] = []
+    original = readers.LoadRadiograph.__call__
+
+    def counting(self, path):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(readers.LoadRadiograph, "__call__", counting)
+    first = val_images(make_data(tmp_path / "data", tmp_path / "cache"))
+    decoded_first = len(calls)
+    assert decoded_first == len(first) > 0
+    assert len(list((tmp_path / "cache").glob("*.pt"))) >= len(first)
+
+    calls.clear()
+    data = make_data(tmp_path / "data", tmp_path / "cache")
+    second = val_images(data)
+    assert calls == []  # the second run decodes nothing
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+    changed = data.items("val")[0]["path"]
+    os.utime(changed, ns=(1, 1))  # a changed file (mtime) is decoded again, and only it
+    calls.clear()
+    val_images(make_data(tmp_path / "data", tmp_path / "cache"))
+    assert calls == [changed]
+
+
+def test_unknown_cache_mode_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(MedtlError, match="data.cache='ram'"):
+        ImageClassificationData(root=str(tmp_path), cache="ram")
