@@ -84,7 +84,8 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "io_throughput.json").write_text(json.dumps({"machine": machine, "data": args.data, "runs": rows}, indent=2))
+    data = os.path.relpath(args.data, HERE.parent)
+    (out / "io_throughput.json").write_text(json.dumps({"machine": machine, "data": data, "runs": rows}, indent=2))
     lines = [f"Machine: {machine}. 224 px, deterministic pipeline (decode, window, letterbox, normalise).", "",
              "| source | images | first pass (img/s) | cached pass (img/s) | disk cache (MB) |", "|---|---|---|---|---|"]
     lines += [f"| {r['source']} | {r['images']} | {r['first_pass_img_s']} | {r['cached_pass_img_s']} | {r['cache_mb']} |"
