@@ -57,7 +57,7 @@ def one_pass(data: ImageClassificationData) -> tuple[int, float]:
 def _deterministic(data: ImageClassificationData, weights: WeightsInfo):  # type: ignore[no-untyped-def]
     from medtl.data.transforms import eval_transforms
 
-    return eval_transforms(data.image_size, weights, data.intensity, data.dicom)
+    return eval_transforms(data.image_size, weights, data.intensity, data.dicom, storage_dtype=np.float16)
 
 
 def measure(root: Path, label: str, limit: int, cache_dir: Path) -> dict:

@@ -85,3 +85,11 @@ def test_demo_data_is_learnable_to_auroc_090(tmp_path: Path, demo_cache: Path) -
                           "trainer.max_epochs=4", "trainer.progress=false", "tracking.log_model=false",
                           f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     assert train(cfg)["auroc"] >= 0.9
+
+
+def test_training_from_the_disk_cache(tiny_overrides: list[str], tmp_path: Path) -> None:
+    overrides = [*tiny_overrides, "trainer.max_epochs=1", "tracking.log_model=false", "data.cache=disk",
+                 f"data.cache_dir={tmp_path / 'cache'}"]
+    first = train(compose_config(overrides))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) > 0
+    assert train(compose_config(overrides)) == pytest.approx(first)  # same result when read back from disk

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
@@ -127,9 +128,11 @@ class ImageClassificationData:
 
     def loaders(self, weights: WeightsInfo) -> tuple[DataLoader, DataLoader]:
         """Training (shuffled, augmented) and validation loaders, normalised for ``weights``."""
+        storage = np.float16 if self.cache == "disk" else np.float32
         train_ds = self.dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment,
-                                                           self.dicom), weights)
-        val_ds = self.dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom), weights)
+                                                           self.dicom, storage), weights)
+        val_ds = self.dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage),
+                              weights)
         return (DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers),
                 DataLoader(val_ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers))
 
@@ -156,7 +159,7 @@ class ImageClassificationData:
 
     def _persistent(self, items: list[dict[str, Any]], transform: Any, weights: WeightsInfo) -> PersistentDataset:
         """A disk cache whose key covers the file (path, size, mtime) and every deterministic setting."""
-        signature = (f"v1|{self.image_size}|{asdict(self.intensity)}|{asdict(self.dicom)}|"
+        signature = (f"v2-float16|{self.image_size}|{asdict(self.intensity)}|{asdict(self.dicom)}|"
                      f"{weights.mean}|{weights.std}")
         for item in items:
             stat = os.stat(item["path"])

@@ -62,23 +62,31 @@ def deterministic_transforms(image_size: int, intensity: IntensityConfig,
 
 
 def train_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
-                     augment: AugmentConfig, dicom: DicomOptions = DicomOptions()) -> Compose:
-    """Deterministic part, then random affine and noise, then the encoder's normalisation."""
+                     augment: AugmentConfig, dicom: DicomOptions = DicomOptions(),
+                     storage_dtype: type = np.float32) -> Compose:
+    """Deterministic part (its output stored as ``storage_dtype``), random affine and noise, normalisation."""
     image_size_px = float(image_size)
     random_part = [
+        EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),
         RandAffined(IMAGE, prob=augment.prob, rotate_range=np.deg2rad(augment.rotate_deg),
                     scale_range=augment.scale, translate_range=augment.translate * image_size_px,
                     padding_mode="zeros", mode="bilinear"),
         RandGaussianNoised(IMAGE, prob=augment.prob, std=augment.noise_std),
     ]
-    return Compose([*deterministic_transforms(image_size, intensity, dicom), *random_part, _normalise(weights),
-                    EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
+    return Compose([*deterministic_transforms(image_size, intensity, dicom), _store_as(storage_dtype), *random_part,
+                    _normalise(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
 
 
 def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
-                    dicom: DicomOptions = DicomOptions()) -> Compose:
-    """Deterministic part, then the encoder's normalisation."""
-    return Compose([*deterministic_transforms(image_size, intensity, dicom), _normalise(weights)])
+                    dicom: DicomOptions = DicomOptions(), storage_dtype: type = np.float32) -> Compose:
+    """Deterministic part, then the encoder's normalisation; the result is ``storage_dtype``."""
+    return Compose([*deterministic_transforms(image_size, intensity, dicom), _normalise(weights),
+                    _store_as(storage_dtype)])
+
+
+def _store_as(dtype: type) -> EnsureTyped:
+    """What a cache keeps: float16 halves a disk cache; models get float32 (the loop casts)."""
+    return EnsureTyped(IMAGE, dtype=dtype, track_meta=False)
 
 
 def _normalise(weights: WeightsInfo) -> NormalizeIntensityd:

@@ -54,7 +54,7 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
     probs, labels, paths = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         with _autocast(device, amp):
-            logits = model(batch["image"].to(device, non_blocking=True))  # (B, K)
+            logits = model(batch["image"].to(device, non_blocking=True).float())  # (B, C, H, W) -> (B, K)
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         labels.append(np.asarray(batch.get("label", np.full(len(logits), -1))))
         paths.extend(batch["path"])
@@ -142,7 +142,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
                 break
-            images = batch["image"].to(self.device, non_blocking=True)  # (B, C, H, W)
+            images = batch["image"].to(self.device, non_blocking=True).float()  # (B, C, H, W)
             targets = torch.as_tensor(batch["label"], device=self.device)  # (B,)
             with _autocast(self.device, self.amp):
                 loss = nn.functional.cross_entropy(model(images).float(), targets)
