@@ -24,7 +24,9 @@ install-dev: $(BIN)/python
 demo: install
 	$(BIN)/python -m medtl.train +experiment=chest_xray
 
+# Pyflakes checks (unused imports, undefined names), then the tests.
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: install-dev
+	$(BIN)/ruff check --select F,E9 medtl tests benchmarks
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status

@@ -7,7 +7,6 @@ or a manifest CSV (``path`` required, ``label`` optional). ``output``: CSV with
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from monai.data import DataLoader, Dataset
 from omegaconf import DictConfig, OmegaConf
 
 from medtl import CONFIG_DIR
+from medtl.atomic import write_csv_atomic
 from medtl.data.manifest import list_images, manifest_from_tree, read_manifest
 from medtl.data.readers import DicomOptions
 from medtl.data.transforms import IntensityConfig, eval_transforms
@@ -49,7 +49,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     preds = predict_loader(model, loader, resolve_device(cfg.device), progress=cfg.progress)
     labels = list(frame["label"]) if "label" in frame.columns else None
     out = predictions_frame(preds.paths, preds.probs, classes, labels)
-    _write_csv(out, Path(cfg.output))
+    write_csv_atomic(out, Path(cfg.output))
     print(f"wrote {len(out)} predictions to {cfg.output}")
     return out
 
@@ -95,14 +95,6 @@ def input_frame(source: str) -> pd.DataFrame:
     if images:
         return pd.DataFrame({"path": [str(p.resolve()) for p in images]})
     return manifest_from_tree(path)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as handle:
-        frame.to_csv(handle, index=False)
-    os.replace(tmp, path)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "predict"), config_name="predict")

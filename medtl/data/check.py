@@ -14,7 +14,6 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from PIL import Image
 from tqdm.auto import tqdm
 
+from medtl.atomic import write_text_atomic
 from medtl.data.readers import DicomOptions, LoadRadiograph
 from medtl.engine.metrics import auroc
 from medtl.errors import MedtlError, exit_on_user_error
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report, _ = check_frame(frame, dicom)
     print(format_report(report))
     if out:
-        Path(out).write_text(report.to_json())
+        write_text_atomic(out, report.to_json())
     sys.exit(0 if report.ok else 1)
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from medtl.atomic import write_csv_atomic
 from medtl.errors import MedtlError
 
 __all__ = [
@@ -76,14 +75,9 @@ def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``frame`` atomically as CSV, with paths relative to the manifest's folder where possible."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = frame.copy()
     out["path"] = [_relative_if_inside(p, path.parent) for p in out["path"]]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as handle:
-        out.to_csv(handle, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_csv_atomic(out, path)
 
 
 def manifest_from_tree(root: str | Path, patient_id_patterns: Sequence[str] = ()) -> pd.DataFrame:

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
