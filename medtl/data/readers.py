@@ -47,8 +47,9 @@ class DicomOptions:
     """How DICOM pixels become an image (``data.dicom`` in the config).
 
     Attributes:
-        voi: ``auto`` applies the file's VOI LUT or its first WindowCenter/Width when present (what a
-            viewer shows); ``none`` keeps modality values.
+        voi: ``auto`` applies the file's VOI LUT, else its first WindowCenter/Width, when present (what
+            a viewer shows); ``window`` prefers WindowCenter/Width when a file has both; ``none`` keeps
+            modality values.
         frames: ``first`` keeps frame 0 of a multi-frame file as ``(H, W)``; ``all`` keeps ``(F, H, W)``.
     """
 
@@ -56,8 +57,8 @@ class DicomOptions:
     frames: str = "first"
 
     def __post_init__(self) -> None:
-        if self.voi not in ("auto", "none"):
-            raise MedtlError(f"data.dicom.voi='{self.voi}' is unknown; use auto or none")
+        if self.voi not in ("auto", "window", "none"):
+            raise MedtlError(f"data.dicom.voi='{self.voi}' is unknown; use auto, window or none")
         if self.frames not in ("first", "all"):
             raise MedtlError(f"data.dicom.frames='{self.frames}' is unknown; use first or all")
 
@@ -95,9 +96,11 @@ class RadiographDicomReader(PydicomReader):
             return data.astype(np.float32) @ LUMA_WEIGHTS  # (..., H, W, 3) -> (..., H, W)
         data = np.asarray(apply_modality_lut(data, img), dtype=np.float32)
         low, high = _rescaled_range(img)
-        if self.options.voi == "auto" and (VOI_LUT_SEQUENCE in img or (WINDOW_CENTER in img and WINDOW_WIDTH in img)):
-            data = np.asarray(apply_voi_lut(data, img, prefer_lut=True), dtype=np.float32)
-            low, high = _voi_output_range(img, low, high)
+        has_lut, has_window = VOI_LUT_SEQUENCE in img, WINDOW_CENTER in img and WINDOW_WIDTH in img
+        if self.options.voi != "none" and (has_lut or has_window):
+            use_lut = has_lut and not (self.options.voi == "window" and has_window)
+            data = np.asarray(apply_voi_lut(data, img, prefer_lut=use_lut), dtype=np.float32)
+            low, high = _voi_output_range(img, low, high) if use_lut else (low, high)
         if photometric == "MONOCHROME1":
             data = (low + high) - data
         return data

@@ -153,3 +153,17 @@ def test_palette_colour_image_goes_through_its_palette(tmp_path: Path) -> None:
     rgb = apply_color_lut(pydicom.dcmread(path).pixel_array, ds).astype(np.float32)
     np.testing.assert_allclose(ours, rgb @ np.array([0.299, 0.587, 0.114], np.float32), rtol=1e-5)
     assert not np.allclose(ours, pydicom.dcmread(path).pixel_array)  # not the raw palette indices
+
+
+def test_window_option_prefers_the_window_over_a_voi_lut(tmp_path: Path) -> None:
+    data_store = pytest.importorskip("data_store")
+    ds = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "vlut_04.dcm")
+    ds.WindowCenter, ds.WindowWidth = 1000, 400  # give the VOI LUT file a window as well
+    path = tmp_path / "both.dcm"
+    ds.save_as(path)
+    from pydicom.pixels import apply_voi_lut
+
+    modality = apply_modality_lut(ds.pixel_array, ds)
+    for option, prefer_lut in (("auto", True), ("window", False)):
+        ours = np.asarray(LoadRadiograph(DicomOptions(voi=option))(str(path)))[0]
+        np.testing.assert_allclose(ours, apply_voi_lut(modality, ds, prefer_lut=prefer_lut), atol=1e-3)
