@@ -34,8 +34,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data.setup()
     check = data.run_checks()
     model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
-    train_loader, val_loader = data.loaders(model.encoder.weights_info)
     trainer: Trainer = instantiate(cfg.trainer, checkpoint_path=_checkpoint_path())
+    train_loader, val_loader = data.loaders(model.encoder.weights_info, augment=not trainer.trains_on_features(model))
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
 
     with instantiate(cfg.tracking) as tracker:

@@ -52,6 +52,7 @@ def tiny_overrides(tmp_path: Path, demo_cache: Path) -> list[str]:
         "data.batch_size=16",
         "data.cache_workers=1",
         "trainer.max_epochs=2",
+        "trainer.features.epochs=3",  # linear_probe trains its head on cached features
         "trainer.progress=false",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]

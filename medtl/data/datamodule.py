@@ -126,11 +126,12 @@ class ImageClassificationData:
             counts[f"n_patients.{split}"] = group["patient_id"].nunique()
         return counts
 
-    def loaders(self, weights: WeightsInfo) -> tuple[DataLoader, DataLoader]:
-        """Training (shuffled, augmented) and validation loaders, normalised for ``weights``."""
+    def loaders(self, weights: WeightsInfo, augment: bool = True) -> tuple[DataLoader, DataLoader]:
+        """Training (shuffled; augmented unless ``augment=False``) and validation loaders for ``weights``."""
         storage = np.float16 if self.cache == "disk" else np.float32
-        train_ds = self.dataset("train", train_transforms(self.image_size, weights, self.intensity, self.augment,
-                                                           self.dicom, storage), weights)
+        train_transform = (train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage)
+                           if augment else eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage))
+        train_ds = self.dataset("train", train_transform, weights)
         val_ds = self.dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage),
                               weights)
         return (DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers),

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from medtl.engine.schedule import warmup_cosine_scheduler
 from medtl.models.classifier import TransferModel
 
-__all__ = ["Predictions", "FitResult", "Trainer", "predict_loader", "resolve_device"]
+__all__ = ["Predictions", "FitResult", "Trainer", "HeadOnly", "FeatureSet", "encode_features", "predict_loader",
+           "resolve_device"]
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, float], int], None]  # (metrics, epoch)
@@ -49,7 +50,7 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
                    progress: bool = True, desc: str = "predict") -> Predictions:
     """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, H, W)`` images)."""
     model.to(device)
-    if isinstance(model, TransferModel):  # exported (pt2) graphs are already in eval form and refuse .eval()
+    if not isinstance(model, torch.fx.GraphModule):  # exported (pt2) graphs are in eval form and refuse .eval()
         model.eval()
     probs, labels, paths = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
@@ -59,6 +60,46 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
         labels.append(np.asarray(batch.get("label", np.full(len(logits), -1))))
         paths.extend(batch["path"])
     return Predictions(np.concatenate(probs), np.concatenate(labels).astype(int), paths)
+
+
+class HeadOnly(nn.Module):
+    """The head of a frozen encoder, trained on its cached pooled features ``(B, F)`` -> ``(B, K)``."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
+
+
+class FeatureSet(torch.utils.data.Dataset):
+    """Cached features as dataset items ``{"image": (F,), "label": int, "path": str}``."""
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray, paths: list[str]) -> None:
+        self.features, self.labels, self.paths = features, labels, paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.features[index], "label": int(self.labels[index]), "path": self.paths[index]}
+
+
+@torch.no_grad()
+def encode_features(model: TransferModel, loader: DataLoader, device: torch.device, progress: bool = True,
+                    desc: str = "encoding") -> FeatureSet:
+    """Pooled encoder features of every item: images ``(B, C, H, W)`` -> features ``(N, F)`` on the CPU."""
+    model.to(device).eval()
+    features, labels, paths = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        features.append(model.encoder.forward_features(batch["image"].to(device).float()).float().cpu())
+        labels.append(np.asarray(batch["label"]))
+        paths.extend(batch["path"])
+    return FeatureSet(torch.cat(features), np.concatenate(labels), paths)
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -82,13 +123,16 @@ class Trainer:
         early_stopping_patience: epochs without a better monitored score before stopping.
         max_steps_per_epoch: cap on training batches per epoch (quick runs and tests).
         checkpoint_path: where the best weights are saved (a ``state_dict``, atomically).
+        features: for a frozen encoder, ``{cache, epochs, patience, batch_size}``: train the head on
+            features computed once instead of running the encoder every epoch.
     """
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr: float = 1e-3, max_epochs: int = 15,
                  warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, early_stopping_patience: int = 5,
                  grad_clip_norm: float | None = 1.0, device: str = "auto", amp: bool | str = "auto",
                  num_threads: int | None = None, max_steps_per_epoch: int | None = None,
-                 checkpoint_path: str | None = "best.pt", progress: bool = True) -> None:
+                 checkpoint_path: str | None = "best.pt", progress: bool = True,
+                 features: dict | None = None) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
         self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
         self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
@@ -96,48 +140,82 @@ class Trainer:
         self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
         self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.features = dict(features or {})
         if num_threads:
             torch.set_num_threads(int(num_threads))
 
     def fit(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
             score: Callable[[Predictions], dict[str, float]], monitor: str = "auroc",
             on_epoch_end: EpochCallback | None = None) -> FitResult:
-        """Train; after each epoch compute ``score(val predictions)`` and keep the best ``monitor`` value."""
+        """Train; after each epoch compute ``score(val predictions)`` and keep the best ``monitor`` value.
+
+        A frozen encoder (``linear_probe``) with ``features.cache`` is run once over both loaders and
+        its head trained on the cached features; ``train_loader`` should then be deterministic.
+        """
+        start = time.perf_counter()
+        if self.trains_on_features(model):
+            best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end)
+        else:
+            best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
+                                  self.max_epochs, self.patience)
+        best.seconds = time.perf_counter() - start
+        return best
+
+    def trains_on_features(self, model: TransferModel) -> bool:
+        """Whether :meth:`fit` will train ``model``'s head on cached features (then skip augmentation)."""
+        return bool(self.features.get("cache", False)) and not model.strategy.train_encoder
+
+    def _fit_head_on_features(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
+                              score: Callable[[Predictions], dict[str, float]], monitor: str,
+                              on_epoch_end: EpochCallback | None) -> FitResult:
+        batch_size = int(self.features.get("batch_size", 256))
+        train_set = encode_features(model, train_loader, self.device, self.progress, "encoding train")
+        val_set = encode_features(model, val_loader, self.device, self.progress, "encoding val")
+        head = HeadOnly(model.encoder.head)
+        best = self._fit_loop(head, DataLoader(train_set, batch_size=batch_size, shuffle=True),
+                              DataLoader(val_set, batch_size=batch_size), score, monitor, on_epoch_end,
+                              int(self.features.get("epochs", 100)), int(self.features.get("patience", 15)),
+                              save_best=False)
+        best.best_state = copy.deepcopy(model.state_dict())  # encoder + the best head
+        self._save_checkpoint(best.best_state)
+        return best
+
+    def _fit_loop(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+                  score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
+                  max_epochs: int, patience: int, save_best: bool = True) -> FitResult:
         model.to(self.device)
         optimizer = self.optimizer_factory(model.param_groups(self.lr))
         steps = self._steps_per_epoch(train_loader)
-        scheduler = warmup_cosine_scheduler(optimizer, round(self.warmup_epochs * steps), self.max_epochs * steps,
+        scheduler = warmup_cosine_scheduler(optimizer, round(self.warmup_epochs * steps), max_epochs * steps,
                                             self.min_lr_factor)
         best = FitResult(best_epoch=-1, best_score=-np.inf, best_state={})
-        start = time.perf_counter()
-        for epoch in range(self.max_epochs):
-            train_loss = self._train_epoch(model, train_loader, optimizer, scheduler, epoch)
+        for epoch in range(max_epochs):
+            train_loss = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs)
             metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()}}
             best.history.append(metrics)
             if on_epoch_end:
                 on_epoch_end(metrics, epoch)
-            current = metrics[f"val_{monitor}"]
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if current > best.best_score or best.best_epoch < 0:
-                best.best_epoch, best.best_score = epoch, current
+            if metrics[f"val_{monitor}"] > best.best_score or best.best_epoch < 0:
+                best.best_epoch, best.best_score = epoch, metrics[f"val_{monitor}"]
                 best.best_state = copy.deepcopy(model.state_dict())
-                self._save_checkpoint(best.best_state)
-            elif epoch - best.best_epoch >= self.patience:
-                log.info("early stopping: no better val_%s for %d epochs", monitor, self.patience)
+                if save_best:
+                    self._save_checkpoint(best.best_state)
+            elif epoch - best.best_epoch >= patience:
+                log.info("early stopping: no better val_%s for %d epochs", monitor, patience)
                 break
         model.load_state_dict(best.best_state)
-        best.seconds = time.perf_counter() - start
         return best
 
     def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict") -> Predictions:
         """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
         return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc)
 
-    def _train_epoch(self, model: TransferModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int) -> float:
+    def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int) -> float:
         model.train()
         losses: list[float] = []
-        bar = tqdm(loader, total=self._steps_per_epoch(loader), desc=f"epoch {epoch + 1}/{self.max_epochs}",
+        bar = tqdm(loader, total=self._steps_per_epoch(loader), desc=f"epoch {epoch + 1}/{max_epochs}",
                    disable=not self.progress, unit="batch")
         for step, batch in enumerate(bar):
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:

@@ -47,3 +47,27 @@ def test_max_steps_per_epoch_caps_training_batches() -> None:
     model.forward = lambda x: (seen.append(x.shape[0]), original(x))[1]  # type: ignore[method-assign]
     trainer.fit(model, fake_loader(5), fake_loader(1), score=lambda p: {"auroc": 0.5})
     assert len(seen) == 2 + 1  # two training batches, one validation batch
+
+
+def test_linear_probe_on_cached_features_encodes_once(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32)
+    calls = []
+    original = model.encoder.forward_features
+    model.encoder.forward_features = lambda x: (calls.append(len(x)), original(x))[1]  # type: ignore[method-assign]
+    encoder_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder.head")}
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, checkpoint_path=str(tmp_path / "best.pt"),
+                      progress=False, device="cpu", features={"cache": True, "epochs": 30, "patience": 30})
+    assert trainer.trains_on_features(model)
+    scores = []
+    result = trainer.fit(model, fake_loader(3), fake_loader(2),
+                         score=lambda p: scores.append(p.probs.shape) or {"auroc": float(len(scores))})
+    assert sum(calls) == 12 + 8  # every image encoded exactly once, whatever the number of epochs
+    assert len(result.history) == 30 and scores[0] == (8, 2)
+    assert result.best_epoch == 29  # the (fake) score rises every epoch
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert set(saved) == set(model.state_dict())  # a whole-model checkpoint, not just the head
+    for key, value in encoder_before.items():
+        assert torch.equal(model.state_dict()[key], value)  # the encoder did not move
+    finetune = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32)
+    assert not trainer.trains_on_features(finetune)
