@@ -19,8 +19,9 @@ SMALL_DEMO = DemoSpec(n_patients=48, image_size=96, seed=7)
 
 @pytest.fixture(autouse=True)
 def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test runs in its own folder, so MLflow's default ./mlruns and Hydra outputs land there."""
+    """Each test runs in its own folder (MLflow's ./mlruns, Hydra outputs land there) and never downloads."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDTL_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

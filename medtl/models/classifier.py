@@ -75,7 +75,7 @@ class TransferModel(nn.Module):
 
 def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str | None = "imagenet",
                      weights_path: str | None = None, in_channels: int = 1, image_size: int = 224,
-                     dropout: float = 0.2, encoder_lr_mult: float = 0.1) -> TransferModel:
+                     dropout: float = 0.2, encoder_lr_mult: float = 0.1, grey_input: str = "sum") -> TransferModel:
     """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head."""
     if strategy not in STRATEGIES:
         raise MedtlError(f"model.strategy='{strategy}' is unknown; choose one of {sorted(STRATEGIES)}")
@@ -85,6 +85,6 @@ def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str
                          "set model.weights=imagenet or use model.strategy=scratch")
     net = create_encoder(encoder, weights=weights if chosen.pretrained else None,
                          weights_path=weights_path if chosen.pretrained else None,
-                         in_channels=in_channels, image_size=image_size)
+                         in_channels=in_channels, image_size=image_size, grey_input=grey_input)
     net.reset_head(num_classes, dropout=dropout)
     return TransferModel(net, chosen, encoder_lr_mult)

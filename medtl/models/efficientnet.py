@@ -56,7 +56,7 @@ class EfficientNetLite0(Encoder):
         elif in_channels != 3:
             raise MedtlError(f"model.in_channels={in_channels} is not supported by efficientnet_lite0; use 1 or 3")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 1280)``: stem, MBConv stages, 1x1 head conv, global average pool."""
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))  # (B, 32, H/2, W/2)

@@ -6,7 +6,7 @@ Adding an encoder is one file with one ``@register_encoder("name")`` function th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -43,16 +43,23 @@ class WeightsInfo:
 class Encoder(nn.Module):
     """Interface shared by every encoder.
 
-    Subclasses set ``num_features``, ``weights_info`` and ``head`` and implement
-    :meth:`forward_features`; :meth:`forward` applies the head to the pooled features.
+    Subclasses set ``num_features``, ``weights_info`` and ``head`` and implement :meth:`_features`;
+    :meth:`forward_features` adapts grey input first (``repeat_grey``: ``(B, 1, H, W)`` is expanded to
+    three channels for an RGB stem) and :meth:`forward` applies the head to the pooled features.
     """
 
     num_features: int
     weights_info: WeightsInfo
     head: nn.Module
+    repeat_grey: bool = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features: ``(B, C, H, W)`` -> ``(B, num_features)``."""
+        if self.repeat_grey:
+            x = x.expand(-1, 3, -1, -1)  # (B, 1, H, W) -> (B, 3, H, W)
+        return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,12 +93,24 @@ def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
 
 
 def create_encoder(name: str, weights: str | None = "imagenet", weights_path: str | None = None,
-                   in_channels: int = 1, image_size: int = 224) -> Encoder:
-    """Build a registered encoder; ``weights=None`` gives a random initialisation."""
+                   in_channels: int = 1, image_size: int = 224, grey_input: str = "sum") -> Encoder:
+    """Build a registered encoder; ``weights=None`` gives a random initialisation.
+
+    For ``in_channels=1``, ``grey_input="sum"`` collapses the first convolution to one channel by
+    summing its RGB kernels; ``"repeat"`` keeps the RGB stem and repeats the grey channel. Both give
+    the same output for a grey image; ``sum`` does a third of the stem's work.
+    """
     if name not in _ENCODERS:
         raise MedtlError(f"model.encoder='{name}' is not a registered encoder; choose one of {list_encoders()}")
-    return _ENCODERS[name](weights=weights, weights_path=weights_path, in_channels=in_channels,
-                           image_size=image_size)
+    if grey_input not in ("sum", "repeat"):
+        raise MedtlError(f"model.grey_input='{grey_input}' is unknown; use sum or repeat")
+    repeat = in_channels == 1 and grey_input == "repeat"
+    encoder = _ENCODERS[name](weights=weights, weights_path=weights_path, in_channels=3 if repeat else in_channels,
+                              image_size=image_size)
+    if repeat:
+        encoder.repeat_grey = True
+        encoder.weights_info = replace(encoder.weights_info, in_channels=1)
+    return encoder
 
 
 def list_encoders() -> list[str]:
