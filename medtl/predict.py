@@ -46,7 +46,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
                                 DicomOptions(**meta.get("dicom", {})))
     items = [{"image": p, "path": p} for p in frame["path"]]
     loader = DataLoader(Dataset(items, transform), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    preds = predict_loader(model, loader, resolve_device(cfg.device), progress=cfg.progress)
+    preds = predict_loader(model, loader, resolve_device(cfg.device), progress=cfg.progress, tta=bool(cfg.tta))
     labels = list(frame["label"]) if "label" in frame.columns else None
     out = predictions_frame(preds.paths, preds.probs, classes, labels)
     write_csv_atomic(out, Path(cfg.output))

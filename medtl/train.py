@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
         tracker.log_data_check(check, data.skipped)
         fit = trainer.fit(model, train_loader, val_loader, score=evaluator.metrics, on_epoch_end=tracker.log_metrics)
-        report = evaluator.report(trainer.predict(model, val_loader, desc="final validation"))
+        report = evaluator.report(trainer.predict(model, val_loader, desc="final validation", tta=evaluator.tta))
         _log_report(tracker, report, fit.best_epoch, fit.seconds)
         model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(model, data, report))
     _print_summary(report, tracker.run_id, model_uri)

@@ -60,7 +60,7 @@ def test_predict_with_the_logged_model(trained_run: dict, demo_manifest: Path, t
     out = tmp_path / "preds.csv"
     predict_cfg = OmegaConf.create({"model": run.data.tags["medtl.model_uri"], "input": str(demo_manifest.parent),
                                     "output": str(out), "batch_size": 8, "num_workers": 0, "device": "cpu",
-                                    "tracking_uri": cfg.tracking.uri, "progress": False})
+                                    "tracking_uri": cfg.tracking.uri, "progress": False, "tta": False})
     frame = predict(predict_cfg)
     written = pd.read_csv(out)
     assert list(written.columns) == ["path", "label", "score"]
@@ -93,3 +93,11 @@ def test_training_from_the_disk_cache(tiny_overrides: list[str], tmp_path: Path)
     first = train(compose_config(overrides))
     assert len(list((tmp_path / "cache").glob("*.pt"))) > 0
     assert train(compose_config(overrides)) == pytest.approx(first)  # same result when read back from disk
+
+
+def test_final_evaluation_with_tta(tiny_overrides: list[str]) -> None:
+    overrides = [*tiny_overrides, "trainer.max_epochs=1", "trainer.features.epochs=2", "tracking.log_model=false"]
+    plain = train(compose_config(overrides))
+    with_tta = train(compose_config([*overrides, "evaluation.tta=true"]))
+    assert 0.0 <= with_tta["auroc"] <= 1.0
+    assert with_tta != pytest.approx(plain)  # same model and data; the averaged views change the scores

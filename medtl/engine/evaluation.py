@@ -27,11 +27,13 @@ class Evaluator:
 
     Args:
         threshold: ``youden`` or ``sensitivity`` (the highest threshold reaching ``target_sensitivity``).
+        tta: average the final evaluation over flipped and shifted views (per-epoch validation stays plain).
     """
 
-    def __init__(self, classes: list[str], threshold: str = "youden", target_sensitivity: float = 0.95) -> None:
+    def __init__(self, classes: list[str], threshold: str = "youden", target_sensitivity: float = 0.95,
+                 tta: bool = False) -> None:
         self.classes = [str(c) for c in classes]
-        self.method, self.target_sensitivity = threshold, target_sensitivity
+        self.method, self.target_sensitivity, self.tta = threshold, target_sensitivity, tta
         self.binary = len(classes) == 2
 
     def metrics(self, preds: Predictions) -> dict[str, float]:

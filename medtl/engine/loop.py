@@ -21,7 +21,7 @@ from medtl.engine.schedule import warmup_cosine_scheduler
 from medtl.models.classifier import TransferModel
 
 __all__ = ["Predictions", "FitResult", "Trainer", "HeadOnly", "FeatureSet", "encode_features", "predict_loader",
-           "resolve_device"]
+           "resolve_device", "tta_views"]
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, float], int], None]  # (metrics, epoch)
@@ -45,19 +45,32 @@ class FitResult:
     seconds: float = 0.0
 
 
+def tta_views(images: torch.Tensor, shift_fraction: float = 0.04) -> list[torch.Tensor]:
+    """Test-time views of ``(B, C, H, W)`` images: as they are, flipped left-right, and shifted by
+    ``shift_fraction`` of the size down-right and up-left (edges replicated, same shape)."""
+    shift = max(1, round(shift_fraction * images.shape[-1]))
+    padded = nn.functional.pad(images, (shift, shift, shift, shift), mode="replicate")  # (B, C, H+2s, W+2s)
+    height, width = images.shape[-2:]
+    return [images, torch.flip(images, dims=[-1]), padded[..., :height, :width],
+            padded[..., 2 * shift:2 * shift + height, 2 * shift:2 * shift + width]]
+
+
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-                   progress: bool = True, desc: str = "predict") -> Predictions:
-    """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, H, W)`` images)."""
+                   progress: bool = True, desc: str = "predict", tta: bool = False) -> Predictions:
+    """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, H, W)`` images);
+    with ``tta`` the mean over :func:`tta_views`."""
     model.to(device)
     if not isinstance(model, torch.fx.GraphModule):  # exported (pt2) graphs are in eval form and refuse .eval()
         model.eval()
     probs, labels, paths = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        images = batch["image"].to(device, non_blocking=True).float()  # (B, C, H, W)
+        views = tta_views(images) if tta else [images]
         with _autocast(device, amp):
-            logits = model(batch["image"].to(device, non_blocking=True).float())  # (B, C, H, W) -> (B, K)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        labels.append(np.asarray(batch.get("label", np.full(len(logits), -1))))
+            batch_probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)  # (B, K)
+        probs.append(batch_probs.cpu().numpy())
+        labels.append(np.asarray(batch.get("label", np.full(len(images), -1))))
         paths.extend(batch["path"])
     return Predictions(np.concatenate(probs), np.concatenate(labels).astype(int), paths)
 
@@ -207,9 +220,9 @@ class Trainer:
         model.load_state_dict(best.best_state)
         return best
 
-    def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict") -> Predictions:
+    def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict", tta: bool = False) -> Predictions:
         """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
-        return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc)
+        return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc, tta=tta)
 
     def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int) -> float:

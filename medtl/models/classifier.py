@@ -44,38 +44,54 @@ class TransferModel(nn.Module):
     ``forward``: ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
     """
 
-    def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float) -> None:
+    def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float, bn: str = "train") -> None:
         super().__init__()
+        if bn not in ("train", "freeze"):
+            raise MedtlError(f"model.bn='{bn}' is unknown; use train or freeze")
         self.encoder = encoder
         self.strategy = strategy
         self.encoder_lr_mult = encoder_lr_mult if strategy.discriminative_lr else 1.0
+        self.freeze_bn = bn == "freeze" and strategy.train_encoder
         for parameter in encoder.encoder_parameters():
             parameter.requires_grad_(strategy.train_encoder)
+        for module in self._encoder_batchnorms() if self.freeze_bn else []:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
     def train(self, mode: bool = True) -> TransferModel:
-        """Like ``nn.Module.train``, but a frozen encoder stays in eval mode (BatchNorm statistics fixed)."""
+        """Like ``nn.Module.train``, but a frozen encoder stays in eval mode (BatchNorm statistics fixed),
+        and so do the encoder's BatchNorm layers under ``bn="freeze"``."""
         super().train(mode)
         if mode and not self.strategy.train_encoder:
             for name, module in self.encoder.named_children():
                 if name != "head":
                     module.eval()
+        if mode and self.freeze_bn:
+            for module in self._encoder_batchnorms():
+                module.eval()
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser parameter groups: the head at ``lr``, a trainable encoder at ``lr * encoder_lr_mult``."""
         groups = [{"params": list(self.encoder.head.parameters()), "lr": lr, "name": "head"}]
         if self.strategy.train_encoder:
-            groups.append({"params": self.encoder.encoder_parameters(), "lr": lr * self.encoder_lr_mult,
-                           "name": "encoder"})
+            trainable = [p for p in self.encoder.encoder_parameters() if p.requires_grad]
+            groups.append({"params": trainable, "lr": lr * self.encoder_lr_mult, "name": "encoder"})
         return groups
+
+    def _encoder_batchnorms(self) -> list[nn.Module]:
+        head_modules = {id(m) for m in self.encoder.head.modules()}
+        return [m for m in self.encoder.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
 
 
 def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str | None = "imagenet",
                      weights_path: str | None = None, in_channels: int = 1, image_size: int = 224,
-                     dropout: float = 0.2, encoder_lr_mult: float = 0.1, grey_input: str = "sum") -> TransferModel:
+                     dropout: float = 0.2, encoder_lr_mult: float = 0.1, grey_input: str = "sum",
+                     bn: str = "train") -> TransferModel:
     """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head."""
     if strategy not in STRATEGIES:
         raise MedtlError(f"model.strategy='{strategy}' is unknown; choose one of {sorted(STRATEGIES)}")
@@ -87,4 +103,4 @@ def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str
                          weights_path=weights_path if chosen.pretrained else None,
                          in_channels=in_channels, image_size=image_size, grey_input=grey_input)
     net.reset_head(num_classes, dropout=dropout)
-    return TransferModel(net, chosen, encoder_lr_mult)
+    return TransferModel(net, chosen, encoder_lr_mult, bn)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medtl.engine.loop import Predictions, Trainer
@@ -71,3 +72,28 @@ def test_linear_probe_on_cached_features_encodes_once(tmp_path: Path) -> None:
         assert torch.equal(model.state_dict()[key], value)  # the encoder did not move
     finetune = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32)
     assert not trainer.trains_on_features(finetune)
+
+
+def test_tta_views_keep_shape_and_are_the_expected_moves() -> None:
+    from medtl.engine.loop import tta_views
+
+    images = torch.arange(2 * 1 * 50 * 50, dtype=torch.float32).reshape(2, 1, 50, 50)
+    views = tta_views(images, shift_fraction=0.04)  # shift of 2 pixels
+    assert len(views) == 4 and all(v.shape == images.shape for v in views)
+    assert torch.equal(views[0], images) and torch.equal(views[1], images.flip(-1))
+    assert torch.equal(views[2][..., 2:, 2:], images[..., :-2, :-2])  # moved down-right
+    assert torch.equal(views[3][..., :-2, :-2], images[..., 2:, 2:])  # moved up-left
+
+
+def test_predict_with_tta_averages_the_views() -> None:
+    from medtl.engine.loop import predict_loader, tta_views
+
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32).eval()
+    loader = fake_loader(1)
+    plain = predict_loader(model, loader, torch.device("cpu"), progress=False)
+    averaged = predict_loader(model, loader, torch.device("cpu"), progress=False, tta=True)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(model(v), 1) for v in tta_views(loader[0]["image"])]).mean(0)
+    np.testing.assert_allclose(averaged.probs, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averaged.probs, plain.probs)

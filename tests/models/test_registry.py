@@ -87,3 +87,21 @@ def test_unknown_names_are_user_errors() -> None:
         build_classifier("efficientnet_lite0", "probe", num_classes=2)
     with pytest.raises(MedtlError, match="needs pretrained weights"):
         build_classifier("efficientnet_lite0", "finetune", num_classes=2, weights=None)
+
+
+def test_finetune_with_frozen_batchnorm_keeps_statistics_but_trains_convolutions() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, bn="freeze")
+    bn = model.encoder.net._bn0
+    stats, conv = bn.running_mean.clone(), model.encoder.net._conv_head.weight.clone()
+    optimizer = torch.optim.SGD([g for g in model.param_groups(0.1)], lr=0.1)
+    model.train()
+    model(torch.randn(4, 1, 32, 32)).sum().backward()
+    optimizer.step()
+    assert torch.equal(bn.running_mean, stats) and not bn.training and not bn.weight.requires_grad
+    assert not torch.equal(model.encoder.net._conv_head.weight, conv)
+    trained = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, bn="train").train()
+    trained(torch.randn(4, 1, 32, 32))
+    assert not torch.equal(trained.encoder.net._bn0.running_mean, stats)
+    with pytest.raises(MedtlError, match="model.bn='fixed'"):
+        build_classifier("efficientnet_lite0", "finetune", num_classes=2, bn="fixed")
