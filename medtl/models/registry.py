@@ -100,17 +100,26 @@ def create_encoder(name: str, weights: str | None = "imagenet", weights_path: st
     summing its RGB kernels; ``"repeat"`` keeps the RGB stem and repeats the grey channel. Both give
     the same output for a grey image; ``sum`` does a third of the stem's work.
     """
-    if name not in _ENCODERS:
-        raise MedtlError(f"model.encoder='{name}' is not a registered encoder; choose one of {list_encoders()}")
     if grey_input not in ("sum", "repeat"):
         raise MedtlError(f"model.grey_input='{grey_input}' is unknown; use sum or repeat")
     repeat = in_channels == 1 and grey_input == "repeat"
-    encoder = _ENCODERS[name](weights=weights, weights_path=weights_path, in_channels=3 if repeat else in_channels,
-                              image_size=image_size)
+    encoder = _build_encoder(name, weights, weights_path, 3 if repeat else in_channels, image_size)
     if repeat:
         encoder.repeat_grey = True
         encoder.weights_info = replace(encoder.weights_info, in_channels=1)
     return encoder
+
+
+def _build_encoder(name: str, weights: str | None, weights_path: str | None, in_channels: int,
+                   image_size: int) -> Encoder:
+    from medtl.models.timm_encoder import TIMM_PREFIX, create_timm_encoder
+
+    if name.startswith(TIMM_PREFIX):
+        return create_timm_encoder(name, weights, weights_path, in_channels)
+    if name not in _ENCODERS:
+        raise MedtlError(f"model.encoder='{name}' is not a registered encoder; choose one of {list_encoders()} "
+                         f"or timm/<name> with the timm extra")
+    return _ENCODERS[name](weights=weights, weights_path=weights_path, in_channels=in_channels, image_size=image_size)
 
 
 def list_encoders() -> list[str]:
