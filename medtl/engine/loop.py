@@ -203,6 +203,8 @@ class Trainer:
                                             self.min_lr_factor)
         best = FitResult(best_epoch=-1, best_score=-np.inf, best_state={})
         for epoch in range(max_epochs):
+            if hasattr(model, "on_epoch_start"):
+                model.on_epoch_start(epoch)
             train_loss = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs)
             metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()}}
             best.history.append(metrics)

@@ -44,10 +44,15 @@ class TransferModel(nn.Module):
     ``forward``: ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
     """
 
-    def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float, bn: str = "train") -> None:
+    def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float, bn: str = "train",
+                 layer_decay: float = 1.0, unfreeze_every: int | None = None) -> None:
         super().__init__()
         if bn not in ("train", "freeze"):
             raise MedtlError(f"model.bn='{bn}' is unknown; use train or freeze")
+        if not 0.0 < layer_decay <= 1.0:
+            raise MedtlError(f"model.layer_decay={layer_decay} must be in (0, 1]; 1 gives every stage the same rate")
+        self.layer_decay = layer_decay if strategy.discriminative_lr else 1.0
+        self.unfreeze_every = unfreeze_every if strategy.discriminative_lr else None
         self.encoder = encoder
         self.strategy = strategy
         self.encoder_lr_mult = encoder_lr_mult if strategy.discriminative_lr else 1.0
@@ -75,12 +80,29 @@ class TransferModel(nn.Module):
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Optimiser parameter groups: the head at ``lr``, a trainable encoder at ``lr * encoder_lr_mult``."""
+        """Optimiser parameter groups: the head at ``lr``; a trainable encoder's stage ``i`` of ``n`` at
+        ``lr * encoder_lr_mult * layer_decay ** (n - 1 - i)`` (the stage nearest the head decays least)."""
         groups = [{"params": list(self.encoder.head.parameters()), "lr": lr, "name": "head"}]
-        if self.strategy.train_encoder:
-            trainable = [p for p in self.encoder.encoder_parameters() if p.requires_grad]
-            groups.append({"params": trainable, "lr": lr * self.encoder_lr_mult, "name": "encoder"})
+        if not self.strategy.train_encoder:
+            return groups
+        frozen_bn = {id(p) for m in self._encoder_batchnorms() for p in m.parameters()} if self.freeze_bn else set()
+        stages = self.encoder.stage_parameters()
+        for index, params in enumerate(stages):
+            params = [p for p in params if id(p) not in frozen_bn]
+            scale = self.encoder_lr_mult * self.layer_decay ** (len(stages) - 1 - index)
+            groups.append({"params": params, "lr": lr * scale, "name": f"encoder.stage{index}"})
         return groups
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Gradual unfreezing: before epoch ``e`` the last ``1 + e // unfreeze_every`` stages train."""
+        if self.unfreeze_every is None:
+            return
+        stages = self.encoder.stage_parameters()
+        trainable_from = max(0, len(stages) - 1 - epoch // self.unfreeze_every)
+        frozen_bn = {id(p) for m in self._encoder_batchnorms() for p in m.parameters()} if self.freeze_bn else set()
+        for index, params in enumerate(stages):
+            for parameter in params:
+                parameter.requires_grad_(index >= trainable_from and id(parameter) not in frozen_bn)
 
     def _encoder_batchnorms(self) -> list[nn.Module]:
         head_modules = {id(m) for m in self.encoder.head.modules()}
@@ -91,7 +113,7 @@ class TransferModel(nn.Module):
 def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str | None = "imagenet",
                      weights_path: str | None = None, in_channels: int = 1, image_size: int = 224,
                      dropout: float = 0.2, encoder_lr_mult: float = 0.1, grey_input: str = "sum",
-                     bn: str = "train") -> TransferModel:
+                     bn: str = "train", layer_decay: float = 1.0, unfreeze_every: int | None = None) -> TransferModel:
     """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head."""
     if strategy not in STRATEGIES:
         raise MedtlError(f"model.strategy='{strategy}' is unknown; choose one of {sorted(STRATEGIES)}")
@@ -103,4 +125,4 @@ def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str
                          weights_path=weights_path if chosen.pretrained else None,
                          in_channels=in_channels, image_size=image_size, grey_input=grey_input)
     net.reset_head(num_classes, dropout=dropout)
-    return TransferModel(net, chosen, encoder_lr_mult, bn)
+    return TransferModel(net, chosen, encoder_lr_mult, bn, layer_decay, unfreeze_every)

@@ -64,6 +64,11 @@ class EfficientNetLite0(Encoder):
         x = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))  # (B, 1280, H/32, W/32)
         return net._avg_pooling(x).flatten(1)  # (B, 1280)
 
+    def stage_modules(self) -> list[list[nn.Module]]:
+        """Stem, the seven MBConv stages, the 1x1 head convolution."""
+        net = self.net
+        return [[net._conv_stem, net._bn0], *[[stage] for stage in net._blocks], [net._conv_head, net._bn1]]
+
     def load_imagenet(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load lukemelas-style Lite0 keys (``_blocks.N.*``), fixing the block nesting and the stem."""
         stage_of = {int(name): stage for stage, sub in enumerate(self.net._blocks) for name in sub._modules}

@@ -52,6 +52,21 @@ class MonaiEncoder(Encoder):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_net(self.net, x)
 
+    def stage_modules(self) -> list[list[nn.Module]]:
+        """Stem, then the network's stages (ResNet layers, DenseNet blocks with their transitions, MBConv stages)."""
+        net = self.net
+        if hasattr(net, "layer1"):  # ResNet
+            return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+        if hasattr(net, "features"):  # DenseNet: stem conv0/norm0, then blockN (+ transitionN), norm5 with the last
+            children = dict(net.features.named_children())
+            blocks = sorted(n for n in children if n.startswith("denseblock"))
+            stages = [[children["conv0"], children["norm0"]]]
+            stages += [[children[b]] + ([children[f"transition{b[-1]}"]] if f"transition{b[-1]}" in children else [])
+                       for b in blocks]
+            stages[-1].append(children["norm5"])
+            return stages
+        return [[net._conv_stem, net._bn0], *[[stage] for stage in net._blocks], [net._conv_head, net._bn1]]
+
     def collapse_stem_to_grey(self) -> None:
         """Sum the first convolution's RGB kernels: one grey channel gives the RGB output of that grey image."""
         parent_name, _, attr = self.stem.rpartition(".")

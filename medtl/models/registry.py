@@ -75,6 +75,22 @@ class Encoder(nn.Module):
         head_ids = {id(p) for p in self.head.parameters()}
         return [p for p in self.parameters() if id(p) not in head_ids]
 
+    def stage_modules(self) -> list[list[nn.Module]]:
+        """The encoder's stages from input to output (for layer-wise rates and gradual unfreezing).
+
+        The default is one stage holding everything but the head; encoders override it.
+        """
+        return [[module for name, module in self.named_children() if name != "head"]]
+
+    def stage_parameters(self) -> list[list[nn.Parameter]]:
+        """Parameters per stage, input to output; every encoder parameter in exactly one stage."""
+        stages = [[p for module in stage for p in module.parameters()] for stage in self.stage_modules()]
+        covered = {id(p) for stage in stages for p in stage}
+        rest = [p for p in self.encoder_parameters() if id(p) not in covered]
+        if rest:  # parameters outside the named stages join the first one
+            stages[0] = rest + stages[0]
+        return stages
+
 
 EncoderFactory = Callable[..., Encoder]
 _ENCODERS: dict[str, EncoderFactory] = {}

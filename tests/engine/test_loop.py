@@ -97,3 +97,16 @@ def test_predict_with_tta_averages_the_views() -> None:
         expected = torch.stack([torch.softmax(model(v), 1) for v in tta_views(loader[0]["image"])]).mean(0)
     np.testing.assert_allclose(averaged.probs, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(averaged.probs, plain.probs)
+
+
+def test_trainer_unfreezes_stages_epoch_by_epoch() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, unfreeze_every=1)
+    first_stage = model.encoder.stage_parameters()[0][0]
+    before = first_stage.clone()
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, early_stopping_patience=5,
+                      checkpoint_path=None, progress=False, device="cpu")
+    trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5})
+    trainable = [any(p.requires_grad for p in s) for s in model.encoder.stage_parameters()]
+    assert trainable[-2:] == [True, True] and not any(trainable[:-2])  # after epoch 1: the last two stages
+    assert torch.equal(first_stage, before)  # the stem never unfroze in two epochs

@@ -67,7 +67,8 @@ def test_linear_probe_freezes_encoder_and_batchnorm() -> None:
 def test_finetune_uses_lower_encoder_learning_rate() -> None:
     model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=64, encoder_lr_mult=0.1)
     groups = {g["name"]: g for g in model.param_groups(1e-3)}
-    assert groups["head"]["lr"] == pytest.approx(1e-3) and groups["encoder"]["lr"] == pytest.approx(1e-4)
+    assert groups["head"]["lr"] == pytest.approx(1e-3)
+    assert all(g["lr"] == pytest.approx(1e-4) for name, g in groups.items() if name.startswith("encoder."))
     n_params = sum(p.numel() for g in groups.values() for p in g["params"])
     assert n_params == sum(p.numel() for p in model.parameters())
 
@@ -105,3 +106,27 @@ def test_finetune_with_frozen_batchnorm_keeps_statistics_but_trains_convolutions
     assert not torch.equal(trained.encoder.net._bn0.running_mean, stats)
     with pytest.raises(MedtlError, match="model.bn='fixed'"):
         build_classifier("efficientnet_lite0", "finetune", num_classes=2, bn="fixed")
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_stages_cover_every_encoder_parameter_once(name: str) -> None:
+    encoder = create_encoder(name, weights=None, in_channels=1, image_size=64)
+    stages = encoder.stage_parameters()
+    ids = [id(p) for stage in stages for p in stage]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in encoder.encoder_parameters()}
+    assert len(stages) >= 5 and all(stages)
+
+
+def test_layer_decay_and_gradual_unfreezing() -> None:
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, encoder_lr_mult=0.1,
+                             layer_decay=0.5, unfreeze_every=2)
+    stages = model.encoder.stage_parameters()
+    lrs = [g["lr"] for g in model.param_groups(1.0) if g["name"].startswith("encoder.")]
+    assert lrs == pytest.approx([0.1 * 0.5 ** (len(stages) - 1 - i) for i in range(len(stages))])
+    model.on_epoch_start(0)
+    assert [all(p.requires_grad for p in s) for s in stages] == [False] * (len(stages) - 1) + [True]
+    model.on_epoch_start(4)  # 1 + 4 // 2 = 3 stages from the head down
+    assert [any(p.requires_grad for p in s) for s in stages] == [False] * (len(stages) - 3) + [True] * 3
+    model.on_epoch_start(100)
+    assert all(p.requires_grad for s in stages for p in s)
+    assert all(p.requires_grad for p in model.encoder.head.parameters())
