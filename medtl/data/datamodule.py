@@ -45,7 +45,8 @@ class ImageClassificationData:
                  num_workers: int = 0, cache: str = "memory", cache_dir: str = "~/.cache/medtl/images",
                  cache_workers: int = 2,
                  intensity: dict | None = None, augment: dict | None = None, dicom: dict | None = None,
-                 check: bool = True, on_error: str = "raise") -> None:
+                 check: bool = True, on_error: str = "raise", train_fraction: float = 1.0,
+                 train_subset_seed: int = 0) -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
@@ -59,6 +60,9 @@ class ImageClassificationData:
         if on_error not in ("raise", "skip"):
             raise MedtlError(f"data.on_error='{on_error}' is unknown; use raise or skip")
         self.check, self.on_error = check, on_error
+        if not 0.0 < train_fraction <= 1.0:
+            raise MedtlError(f"data.train_fraction={train_fraction} must be in (0, 1]")
+        self.train_fraction, self.train_subset_seed = train_fraction, train_subset_seed
         self.skipped = pd.DataFrame(columns=["path", "reason"])
         self.frame: pd.DataFrame | None = None
         self.classes: list[str] = []
@@ -78,6 +82,10 @@ class ImageClassificationData:
             frame = frame.assign(split=frame["split"] if "split" in frame.columns else "train")
         if self.max_images:
             frame = subsample_patients(frame, self.max_images, self.split_seed)
+        if self.train_fraction < 1.0:  # fewer labels; validation stays as it is
+            train = frame[frame["split"] == "train"]
+            kept = subsample_patients(train, max(2, round(self.train_fraction * len(train))), self.train_subset_seed)
+            frame = frame.drop(train.index.difference(kept.index))
         if validate:
             self.classes = class_order(frame.loc[frame["split"] == "train", "label"], self.positive_class)
             _check_val_labels(frame, self.classes)

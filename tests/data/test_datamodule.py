@@ -67,3 +67,17 @@ def test_disk_cache_is_reused_and_invalidated_per_file(tmp_path: Path, write_png
 def test_unknown_cache_mode_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(MedtlError, match="data.cache='ram'"):
         ImageClassificationData(root=str(tmp_path), cache="ram")
+
+
+def test_train_fraction_shrinks_training_only_and_is_seeded(demo_manifest: Path) -> None:
+    def frame(fraction: float, seed: int = 0):  # type: ignore[no-untyped-def]
+        data = ImageClassificationData(manifest=str(demo_manifest), train_fraction=fraction, train_subset_seed=seed,
+                                       positive_class="PNEUMONIA", check=False)
+        return data.setup()
+
+    full, tenth = frame(1.0), frame(0.25)
+    assert tenth[tenth["split"] == "val"].equals(full[full["split"] == "val"])
+    n_train = (full["split"] == "train").sum()
+    assert abs((tenth["split"] == "train").sum() - 0.25 * n_train) <= 3
+    assert set(tenth.loc[tenth["split"] == "train", "label"]) == {"NORMAL", "PNEUMONIA"}
+    assert tenth.equals(frame(0.25)) and not tenth.equals(frame(0.25, seed=1))

@@ -1,0 +1,119 @@
+"""Label efficiency: validation AUROC against the number of training labels, per strategy.
+
+    python benchmarks/label_efficiency.py --experiment chest_xray --data ../shared/data/chest_xray_kermany
+    python benchmarks/label_efficiency.py --experiment brain_mri --data ../shared/data/brain_mri
+
+One fixed patient-level validation split; for each fraction of the remaining training patients
+(stratified by label), each strategy and each seed, one ordinary ``medtl.train`` run (tracked in
+``benchmarks/mlflow.db``). Writes ``benchmarks/results/label_efficiency_<experiment>.{json,md,png}``:
+mean and spread of the validation AUROC (and balanced accuracy for several classes) and wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from medtl import CONFIG_DIR  # noqa: E402
+from medtl.train import train  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+STRATEGIES = {
+    "scratch": ["model.strategy=scratch", "trainer.max_epochs=6", "trainer.lr=1e-3"],
+    "linear_probe": ["model.strategy=linear_probe", "trainer.lr=3e-3"],
+    "finetune": ["model.strategy=finetune", "trainer.max_epochs=6", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3"],
+}
+
+
+def one_run(args: argparse.Namespace, strategy: str, fraction: float, seed: int) -> dict:
+    overrides = [f"+experiment={args.experiment}", f"data.image_size={args.image_size}", "data.check=false",
+                 f"data.train_fraction={fraction}", f"data.train_subset_seed={seed}", f"seed={seed}",
+                 f"tracking.uri={args.tracking_uri}", f"tracking.experiment=label_efficiency_{args.experiment}",
+                 "tracking.log_model=false", "trainer.progress=false", *STRATEGIES[strategy], *args.overrides]
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    labels = int((instantiate(cfg.data).setup()["split"] == "train").sum())  # manifest only, no image read
+    start = time.perf_counter()
+    metrics = train(cfg)
+    return {"strategy": strategy, "fraction": fraction, "seed": seed, "labels": labels,
+            "seconds": time.perf_counter() - start, **metrics}
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    metrics = [m for m in ("auroc", "balanced_accuracy") if m in runs.columns]
+    table = runs.groupby(["strategy", "fraction"]).agg(
+        **{f"{m}_mean": (m, "mean") for m in metrics}, **{f"{m}_std": (m, "std") for m in metrics},
+        labels=("labels", "mean"), seconds=("seconds", "mean"), seeds=("seed", "count"))
+    return table.reset_index()
+
+
+def markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return header + "\n".join("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False))
+
+
+def plot(table: pd.DataFrame, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy, rows in table.groupby("strategy"):
+        ax.errorbar(rows["labels"], rows["auroc_mean"], yerr=rows["auroc_std"].fillna(0), marker="o",
+                    capsize=3, label=strategy)
+    ax.set_xscale("log")
+    ticks = sorted(table["labels"].round().unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training images with labels")
+    ax.set_ylabel("validation AUROC (mean, sd over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="chest_xray")
+    parser.add_argument("--data", default=None, help="data.root; the experiment's default (demo) when omitted")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.25, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--out-name", default=None, help="results file stem (default label_efficiency_<experiment>)")
+    parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    runs = pd.DataFrame([one_run(args, s, f, seed) for s in args.strategies for f in args.fractions for seed in args.seeds])
+    table = summarise(runs)
+    stem = args.out_name or f"label_efficiency_{args.experiment}"
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "experiment": args.experiment, "data": args.data,
+                                                  "runs": runs.to_dict("records")}, indent=2, default=float))
+    (out / f"{stem}.md").write_text(f"Machine: {machine}. {args.experiment}, {args.image_size} px.\n\n"
+                                    + markdown(table) + "\n")
+    plot(table, out / f"{stem}.png", f"{args.experiment}: label efficiency")
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

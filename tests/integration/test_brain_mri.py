@@ -1,0 +1,29 @@
+"""Real brain MRI slices (../shared/data/brain_mri), four classes: a small linear probe must learn."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from medtl.train import train
+from tests.conftest import SHARED_DATA, compose_config
+
+BRAIN = SHARED_DATA / "brain_mri"
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not (BRAIN / "train").is_dir(), reason="../shared/data/brain_mri absent")]
+
+
+def test_four_class_linear_probe_on_300_images(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose_config(["+experiment=brain_mri", f"data.root={BRAIN}", "data.max_images=300", "data.image_size=128",
+                          "trainer.progress=false", f"tracking.uri={uri}", "tracking.log_model=false"])
+    metrics = train(cfg)
+    assert set(metrics) == {"auroc", "accuracy", "balanced_accuracy"}
+    assert metrics["auroc"] > 0.85 and metrics["balanced_accuracy"] > 0.5, metrics  # chance: 0.5 and 0.25
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["brain_mri"], output_format="list")[0]
+    preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
+    assert list(preds.columns) == ["path", "label", "pred", "score_glioma", "score_meningioma", "score_notumor",
+                                   "score_pituitary"]
