@@ -16,9 +16,10 @@ from monai.networks.nets.efficientnet import EfficientNet
 from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.models.registry import Encoder, WeightsInfo, register_encoder
+from medtl.models.registry import Encoder, WeightsInfo, register_encoder, sum_rgb_kernels
 
-__all__ = ["EfficientNetLite0", "LITE0_BLOCKS", "lite0_imagenet_weights_file"]
+__all__ = ["EfficientNetLite0", "LITE0_BLOCKS", "lite0_imagenet_weights_file", "efficientnet_features",
+           "efficientnet_stages"]
 
 LITE0_BLOCKS = [
     "r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
@@ -57,17 +58,10 @@ class EfficientNetLite0(Encoder):
             raise MedtlError(f"model.in_channels={in_channels} is not supported by efficientnet_lite0; use 1 or 3")
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, 1280)``: stem, MBConv stages, 1x1 head conv, global average pool."""
-        net = self.net
-        x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))  # (B, 32, H/2, W/2)
-        x = net._blocks(x)  # (B, 320, H/32, W/32)
-        x = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))  # (B, 1280, H/32, W/32)
-        return net._avg_pooling(x).flatten(1)  # (B, 1280)
+        return efficientnet_features(self.net, x)
 
     def stage_modules(self) -> list[list[nn.Module]]:
-        """Stem, the seven MBConv stages, the 1x1 head convolution."""
-        net = self.net
-        return [[net._conv_stem, net._bn0], *[[stage] for stage in net._blocks], [net._conv_head, net._bn1]]
+        return efficientnet_stages(self.net)
 
     def load_imagenet(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load lukemelas-style Lite0 keys (``_blocks.N.*``), fixing the block nesting and the stem."""
@@ -89,11 +83,20 @@ class EfficientNetLite0(Encoder):
                              f"{unexpected[:3]}; check model.weights_path points at Lite0 ImageNet weights")
 
     def _collapse_stem_to_grey(self) -> None:
-        stem = self.net._conv_stem
-        grey = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, bias=False)
-        with torch.no_grad():
-            grey.weight.copy_(stem.weight.sum(dim=1, keepdim=True))
-        self.net._conv_stem = grey
+        self.net._conv_stem = sum_rgb_kernels(self.net._conv_stem)
+
+
+def efficientnet_features(net: EfficientNet, x: torch.Tensor) -> torch.Tensor:
+    """MONAI EfficientNet without its classifier: ``(B, C, H, W)`` -> pooled ``(B, 1280)`` (B0 / Lite0 widths)."""
+    x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))  # (B, 32, H/2, W/2)
+    x = net._blocks(x)  # (B, 320, H/32, W/32)
+    x = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))  # (B, 1280, H/32, W/32)
+    return net._avg_pooling(x).flatten(1)  # (B, 1280)
+
+
+def efficientnet_stages(net: EfficientNet) -> list[list[nn.Module]]:
+    """Stem, the MBConv stages, the 1x1 head convolution: input to output."""
+    return [[net._conv_stem, net._bn0], *[[stage] for stage in net._blocks], [net._conv_head, net._bn1]]
 
 
 def lite0_imagenet_weights_file() -> Path:

@@ -18,7 +18,8 @@ from monai.networks.nets import DenseNet121, EfficientNetBN, resnet18, resnet50
 from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.models.registry import Encoder, WeightsInfo, register_encoder
+from medtl.models.efficientnet import efficientnet_features, efficientnet_stages
+from medtl.models.registry import Encoder, WeightsInfo, register_encoder, sum_rgb_kernels
 
 __all__ = ["MonaiEncoder", "IMAGENET_MEAN", "IMAGENET_STD", "WEIGHT_URLS", "load_weights_file"]
 
@@ -65,19 +66,13 @@ class MonaiEncoder(Encoder):
                        for b in blocks]
             stages[-1].append(children["norm5"])
             return stages
-        return [[net._conv_stem, net._bn0], *[[stage] for stage in net._blocks], [net._conv_head, net._bn1]]
+        return efficientnet_stages(net)
 
     def collapse_stem_to_grey(self) -> None:
         """Sum the first convolution's RGB kernels: one grey channel gives the RGB output of that grey image."""
         parent_name, _, attr = self.stem.rpartition(".")
         parent = self.net.get_submodule(parent_name) if parent_name else self.net
-        conv = getattr(parent, attr)
-        grey = type(conv)(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
-        with torch.no_grad():
-            grey.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-            if conv.bias is not None:
-                grey.bias.copy_(conv.bias)
-        setattr(parent, attr, grey)
+        setattr(parent, attr, sum_rgb_kernels(getattr(parent, attr)))
 
 
 def _resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +84,6 @@ def _resnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _densenet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = net.features(x)  # (B, 1024, H/32, W/32)
     return net.class_layers.flatten(net.class_layers.pool(net.class_layers.relu(x)))  # (B, 1024)
-
-
-def _efficientnet_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))  # (B, 32, H/2, W/2)
-    x = net._blocks(x)  # (B, 320, H/32, W/32)
-    x = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))  # (B, 1280, H/32, W/32)
-    return net._avg_pooling(x).flatten(1)  # (B, 1280)
 
 
 def _build(name: str, image_size: int) -> tuple[nn.Module, Callable, nn.Module, int, str, str]:
@@ -112,7 +100,7 @@ def _build(name: str, image_size: int) -> tuple[nn.Module, Callable, nn.Module, 
         return net, _resnet_features, head, 512 if name == "resnet18" else 2048, "conv1", "net.layer4"
     net = EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3, num_classes=1000)
     head, net._fc = net._fc, nn.Identity()
-    return net, _efficientnet_features, head, 1280, "_conv_stem", "net._conv_head"
+    return net, efficientnet_features, head, 1280, "_conv_stem", "net._conv_head"
 
 
 def _make(name: str, weights: str | None, weights_path: str | None, in_channels: int, image_size: int) -> MonaiEncoder:

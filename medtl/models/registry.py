@@ -13,7 +13,7 @@ from torch import nn
 
 from medtl.errors import MedtlError
 
-__all__ = ["WeightsInfo", "Encoder", "register_encoder", "create_encoder", "list_encoders"]
+__all__ = ["WeightsInfo", "Encoder", "register_encoder", "create_encoder", "list_encoders", "sum_rgb_kernels"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,19 @@ class Encoder(nn.Module):
         if rest:  # parameters outside the named stages join the first one
             stages[0] = rest + stages[0]
         return stages
+
+
+def sum_rgb_kernels(conv: nn.Conv2d) -> nn.Conv2d:
+    """A one-channel copy of an RGB convolution: kernels summed over the input channels.
+
+    On a grey image it gives exactly what ``conv`` gives on that image repeated to three channels.
+    """
+    grey = type(conv)(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        grey.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            grey.bias.copy_(conv.bias)
+    return grey
 
 
 EncoderFactory = Callable[..., Encoder]
