@@ -67,8 +67,10 @@ def measure(root: Path, label: str, limit: int, cache_dir: Path) -> dict:
     first_n, first_s = one_pass(data)
     cached_n, cached_s = one_pass(data)
     size_mb = sum(p.stat().st_size for p in cache_dir.glob("*.pt")) / 2**20
+    source_mb = sum(Path(p).stat().st_size for p in data.frame["path"]) / 2**20
     return {"source": label, "images": first_n, "first_pass_img_s": round(first_n / first_s, 1),
-            "cached_pass_img_s": round(cached_n / cached_s, 1), "cache_mb": round(size_mb, 1)}
+            "cached_pass_img_s": round(cached_n / cached_s, 1), "source_mb": round(source_mb, 1),
+            "cache_mb": round(size_mb, 1)}
 
 
 def main() -> None:
@@ -87,9 +89,10 @@ def main() -> None:
     data = os.path.relpath(args.data, HERE.parent)
     (out / "io_throughput.json").write_text(json.dumps({"machine": machine, "data": data, "runs": rows}, indent=2))
     lines = [f"Machine: {machine}. 224 px, deterministic pipeline (decode, window, letterbox, normalise).", "",
-             "| source | images | first pass (img/s) | cached pass (img/s) | disk cache (MB) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['source']} | {r['images']} | {r['first_pass_img_s']} | {r['cached_pass_img_s']} | {r['cache_mb']} |"
-              for r in rows]
+             "| source | images | first pass (img/s) | cached pass (img/s) | source files (MB) | disk cache (MB) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['source']} | {r['images']} | {r['first_pass_img_s']} | {r['cached_pass_img_s']} | "
+              f"{r['source_mb']} | {r['cache_mb']} |" for r in rows]
     (out / "io_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
