@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,17 +35,29 @@ from medtl.train import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = {
-    "scratch": ["model.strategy=scratch", "trainer.max_epochs=6", "trainer.lr=1e-3"],
+    "scratch": ["model.strategy=scratch", "trainer.lr=1e-3"],
     "linear_probe": ["model.strategy=linear_probe", "trainer.lr=3e-3"],
-    "finetune": ["model.strategy=finetune", "trainer.max_epochs=6", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3"],
+    "finetune": ["model.strategy=finetune", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3"],
 }
+
+
+def epochs_for(fraction: float, full_epochs: int, max_epochs: int) -> int:
+    """Epochs for a run on ``fraction`` of the training patients: ``full_epochs / sqrt(fraction)``, capped.
+
+    Fewer labels get more (cheaper) epochs, so a 1% run still takes a useful number of optimiser steps
+    (3 epochs at 100% -> 30 at 1%, before the cap); early stopping on val AUROC still applies.
+    The linear probe trains its head on cached features for ``trainer.features.epochs`` instead.
+    """
+    return min(max_epochs, math.ceil(full_epochs / math.sqrt(fraction) - 1e-9))
 
 
 def one_run(args: argparse.Namespace, strategy: str, fraction: float, seed: int) -> dict:
     overrides = [f"+experiment={args.experiment}", f"data.image_size={args.image_size}", "data.check=false",
                  f"data.train_fraction={fraction}", f"data.train_subset_seed={seed}", f"seed={seed}",
                  f"tracking.uri={args.tracking_uri}", f"tracking.experiment=label_efficiency_{args.experiment}",
-                 "tracking.log_model=false", "trainer.progress=false", *STRATEGIES[strategy], *args.overrides]
+                 "tracking.log_model=false", "trainer.progress=false", f"data.cache={args.cache}",
+                 f"trainer.max_epochs={epochs_for(fraction, args.full_epochs, args.max_epochs)}",
+                 *STRATEGIES[strategy], *args.overrides]
     if args.data:
         overrides.append(f"data.root={args.data}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -66,6 +81,24 @@ def markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     return header + "\n".join("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False))
+
+
+def target_checks(table: pd.DataFrame) -> list[str]:
+    """Issue targets, as sentences: full-set finetune AUROC >= 0.98 in < 20 min; pretrained at 5% >= scratch at 100%."""
+    cell = table.set_index(["strategy", "fraction"])
+    lines = []
+    if ("finetune", 1.0) in cell.index:
+        row = cell.loc[("finetune", 1.0)]
+        met = row["auroc_mean"] >= 0.98 and row["seconds"] < 20 * 60
+        lines.append(f"finetune on all labels: AUROC {row['auroc_mean']:.3f} in {row['seconds'] / 60:.1f} min "
+                     f"(target >= 0.98 in < 20 min: {'met' if met else 'NOT met'})")
+    pretrained = [s for s in ("finetune", "linear_probe") if (s, 0.05) in cell.index]
+    if ("scratch", 1.0) in cell.index and pretrained:
+        best = max(pretrained, key=lambda s: cell.loc[(s, 0.05), "auroc_mean"])
+        low, full = cell.loc[(best, 0.05), "auroc_mean"], cell.loc[("scratch", 1.0), "auroc_mean"]
+        lines.append(f"{best} with 5% of the labels: AUROC {low:.3f}; scratch with 100%: {full:.3f} "
+                     f"(target: 5% pretrained >= 100% scratch: {'met' if low >= full else 'NOT met'})")
+    return lines
 
 
 def plot(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -94,12 +127,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.25, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--full-epochs", type=int, default=3, help="finetune/scratch epochs on 100%% of the labels")
+    parser.add_argument("--max-epochs", type=int, default=20, help="cap on the epochs of the smallest fractions")
+    parser.add_argument("--cache", default="disk", help="data.cache: disk decodes each image once for all runs")
     parser.add_argument("--out-name", default=None, help="results file stem (default label_efficiency_<experiment>)")
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING)
     runs = pd.DataFrame([one_run(args, s, f, seed) for s in args.strategies for f in args.fractions for seed in args.seeds])
     table = summarise(runs)
@@ -107,12 +144,24 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "experiment": args.experiment, "data": args.data,
+    commit = _commit()
+    settings = (f"{args.experiment}, {args.image_size} px, commit {commit}; finetune/scratch epochs "
+                f"min({args.max_epochs}, ceil({args.full_epochs}/sqrt(fraction))); seeds {args.seeds}")
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "commit": commit, "settings": settings,
+                                                  "data": args.data, "argv": argv or [],
                                                   "runs": runs.to_dict("records")}, indent=2, default=float))
-    (out / f"{stem}.md").write_text(f"Machine: {machine}. {args.experiment}, {args.image_size} px.\n\n"
-                                    + markdown(table) + "\n")
+    checks = "".join(f"- {line}\n" for line in target_checks(table))
+    (out / f"{stem}.md").write_text(f"Machine: {machine}. {settings}.\n\n" + markdown(table) + "\n\n" + checks)
     plot(table, out / f"{stem}.png", f"{args.experiment}: label efficiency")
-    print(table.to_string(index=False))
+    print(table.to_string(index=False) + "\n" + checks)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 if __name__ == "__main__":
