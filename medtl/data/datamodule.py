@@ -21,7 +21,7 @@ from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transform
 from medtl.errors import MedtlError, find_user_error
 from medtl.models.registry import WeightsInfo
 
-__all__ = ["ImageClassificationData", "load_source_frame", "class_order"]
+__all__ = ["ImageClassificationData", "load_source_frame", "class_order", "apply_label_map"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class ImageClassificationData:
             (``DemoSpec`` fields) generated under ``demo_dir``; ``None`` makes a source mandatory.
         positive_class: for two classes, the class whose probability is the score.
         max_images: keep about this many images (whole patients, labels in proportion).
+        label_map: rename labels (e.g. several tumour types to ``tumour``); every label must be a key.
     """
 
     def __init__(self, root: str | None = None, manifest: str | None = None, demo: dict | None = None,
@@ -46,7 +47,7 @@ class ImageClassificationData:
                  cache_workers: int = 2,
                  intensity: dict | None = None, augment: dict | None = None, dicom: dict | None = None,
                  check: bool = True, on_error: str = "raise", train_fraction: float = 1.0,
-                 train_subset_seed: int = 0) -> None:
+                 train_subset_seed: int = 0, label_map: dict[str, str] | None = None) -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
@@ -63,6 +64,7 @@ class ImageClassificationData:
         if not 0.0 < train_fraction <= 1.0:
             raise MedtlError(f"data.train_fraction={train_fraction} must be in (0, 1]")
         self.train_fraction, self.train_subset_seed = train_fraction, train_subset_seed
+        self.label_map = dict(label_map) if label_map else None
         self.skipped = pd.DataFrame(columns=["path", "reason"])
         self.frame: pd.DataFrame | None = None
         self.classes: list[str] = []
@@ -73,7 +75,7 @@ class ImageClassificationData:
         With ``validate=False`` (for ``medtl.data.check``, which reports problems instead of stopping
         at the first) a source whose splits are broken is returned as it is.
         """
-        frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
+        frame = self._load_frame()
         try:
             frame = assign_validation_split(frame, self.val_fraction, self.split_seed)
         except MedtlError:
@@ -92,6 +94,11 @@ class ImageClassificationData:
             log.info("data: %s", self.summary_of(frame))
         self.frame = frame
         return frame
+
+    def _load_frame(self) -> pd.DataFrame:
+        """The labelled source frame, labels mapped through ``label_map``."""
+        frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
+        return apply_label_map(frame, self.label_map, "data.label_map")
 
     def run_checks(self) -> CheckReport | None:
         """Read every image once (``medtl.data.check``) and apply ``on_error`` to unreadable ones.
@@ -136,24 +143,33 @@ class ImageClassificationData:
 
     def loaders(self, weights: WeightsInfo, augment: bool = True) -> tuple[DataLoader, DataLoader]:
         """Training (shuffled; augmented unless ``augment=False``) and validation loaders for ``weights``."""
+        train_ds = self.dataset("train", self.transform(weights, augment), weights)
+        val_ds = self.dataset("val", self.transform(weights, augment=False), weights)
+        return self.loader(train_ds, shuffle=True), self.loader(val_ds, shuffle=False)
+
+    def transform(self, weights: WeightsInfo, augment: bool) -> Any:
+        """Training (random affine + noise after the cached deterministic part) or evaluation transforms."""
         storage = np.float16 if self.cache == "disk" else np.float32
-        train_transform = (train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage)
-                           if augment else eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage))
-        train_ds = self.dataset("train", train_transform, weights)
-        val_ds = self.dataset("val", eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage),
-                              weights)
-        return (DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers),
-                DataLoader(val_ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers))
+        if augment:
+            return train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage)
+        return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage)
 
-    def items(self, split: str) -> list[dict[str, Any]]:
-        """Dataset items of ``split``: ``{"image": path, "path": path, "label": class index}``."""
-        frame = self._require_setup()
+    def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+
+    def items(self, split: str, frame: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+        """Dataset items of ``split`` of ``frame`` (the source by default):
+        ``{"image": path, "path": path, "label": class index, or -1 for an unlabelled image}``."""
+        frame = self._require_setup() if frame is None else frame
         rows = frame[frame["split"] == split]
-        return [{"image": p, "path": p, "label": self.classes.index(lbl)} for p, lbl in zip(rows["path"], rows["label"])]
+        return [{"image": p, "path": p, "label": self.classes.index(lbl) if lbl else -1}
+                for p, lbl in zip(rows["path"], rows["label"])]
 
-    def dataset(self, split: str, transform: Any, weights: WeightsInfo) -> Dataset:
+    def dataset(self, split: str, transform: Any, weights: WeightsInfo, frame: pd.DataFrame | None = None) -> Dataset:
         """Items of ``split`` through ``transform``, cached as ``data.cache`` says (memory, disk or none)."""
-        items = self.items(split)
+        items = self.items(split, frame)
+        if not items:
+            raise MedtlError(f"the '{split}' split has no images; check the data source and its split settings")
         if self.cache == "none":
             return Dataset(items, transform)
         if self.cache == "disk":
@@ -194,6 +210,17 @@ def load_source_frame(root: str | None, manifest: str | None, demo: dict | None,
         return read_manifest(ensure_demo_chest_xray(demo_dir, DemoSpec(**demo)))
     raise MedtlError("no data source: set data.root=<class-per-folder tree> or data.manifest=<csv>, "
                      "or run +experiment=chest_xray for the built-in demo")
+
+
+def apply_label_map(frame: pd.DataFrame, label_map: dict[str, str] | None, key: str) -> pd.DataFrame:
+    """``frame`` with its labels renamed by ``label_map`` (empty labels, i.e. unlabelled images, stay empty)."""
+    if not label_map:
+        return frame
+    labels = set(frame["label"]) - {""}
+    unmapped = sorted(labels - set(label_map))
+    if unmapped:
+        raise MedtlError(f"labels {unmapped} have no entry in {key}; add them (the map has {sorted(label_map)})")
+    return frame.assign(label=[label_map.get(label, label) for label in frame["label"]])
 
 
 def class_order(labels: pd.Series, positive_class: str | None) -> list[str]:

@@ -94,12 +94,12 @@ def synthetic_chest(rng: np.random.Generator, size: int, pneumonia: bool) -> np.
 
 
 def write_dx_dicom(path: Path, image: np.ndarray, patient_id: str, monochrome1: bool,
-                   rescale: tuple[float, float]) -> None:
+                   rescale: tuple[float, float], window: tuple[float, float] | None = None) -> None:
     """Write ``image`` ((H, W), float in [0, 1], bright = dense) as a 12-bit DX DICOM file.
 
     ``rescale`` is (RescaleSlope, RescaleIntercept); stored = (value - intercept) / slope, with
     value = image * 4095, and MONOCHROME1 stores 4095 - stored. ``rescale`` must keep the stored
-    values within 12 bits.
+    values within 12 bits. ``window`` (centre, width, in rescaled units) is written as the VOI window.
     """
     slope, intercept = rescale
     value = np.round(image * (2**BITS_STORED - 1))
@@ -109,6 +109,8 @@ def write_dx_dicom(path: Path, image: np.ndarray, patient_id: str, monochrome1: 
     ds = dx_dataset(patient_id)
     ds.set_pixel_data(stored.astype(np.uint16), "MONOCHROME1" if monochrome1 else "MONOCHROME2", BITS_STORED)
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept:g}", "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:.1f}", f"{window[1]:.1f}"
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -10,7 +10,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medtl.errors import MedtlError
 
-__all__ = ["assign_validation_split", "check_patients_disjoint", "subsample_patients"]
+__all__ = ["assign_validation_split", "check_patients_disjoint", "subsample_patients", "stratified_group_holdout"]
 
 
 def assign_validation_split(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def assign_validation_split(frame: pd.DataFrame, val_fraction: float, seed: int)
     if not 0.0 < val_fraction < 0.5:
         raise MedtlError(f"data.val_fraction={val_fraction} must be in (0, 0.5), e.g. 0.2")
     pool = frame.index[frame["split"] == "train"]
-    val_rows = _stratified_group_holdout(frame.loc[pool], val_fraction, seed)
+    val_rows = stratified_group_holdout(frame.loc[pool], val_fraction, seed)
     frame.loc[val_rows, "split"] = "val"
     check_patients_disjoint(frame)
     return frame
@@ -66,13 +66,15 @@ def subsample_patients(frame: pd.DataFrame, max_images: int, seed: int) -> pd.Da
     return frame.loc[sorted(np.concatenate([k.to_numpy() for k in keep]))]
 
 
-def _stratified_group_holdout(pool: pd.DataFrame, val_fraction: float, seed: int) -> pd.Index:
-    """Index of the rows of one fold of a ``round(1 / val_fraction)``-fold stratified group split."""
+def stratified_group_holdout(pool: pd.DataFrame, val_fraction: float, seed: int,
+                             key: str = "data.val_fraction") -> pd.Index:
+    """Index of the rows of one fold of a ``round(1 / val_fraction)``-fold stratified group split
+    (``key`` names the setting in the error raised when there are too few patients)."""
     n_splits = max(2, round(1.0 / val_fraction))
     n_patients = pool["patient_id"].nunique()
     if n_patients < n_splits:
         raise MedtlError(
-            f"only {n_patients} patients to split into train/val with data.val_fraction={val_fraction}; "
+            f"only {n_patients} patients to split {round(val_fraction * 100)}% off with {key}={val_fraction}; "
             "add images or give the manifest a split column")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, val_positions = next(splitter.split(pool, y=pool["label"], groups=pool["patient_id"]))

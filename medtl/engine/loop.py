@@ -17,10 +17,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medtl.adaptation.registry import AdaptationMethod, DomainBatch
 from medtl.engine.schedule import warmup_cosine_scheduler
+from medtl.errors import MedtlError
 from medtl.models.classifier import TransferModel
 
-__all__ = ["Predictions", "FitResult", "Trainer", "HeadOnly", "FeatureSet", "encode_features", "predict_loader",
+__all__ = ["Predictions", "FitResult", "Trainer", "TargetStream", "HeadOnly", "FeatureSet", "encode_features", "predict_loader",
            "resolve_device", "tta_views"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,24 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
         labels.append(np.asarray(batch.get("label", np.full(len(images), -1))))
         paths.extend(batch["path"])
     return Predictions(np.concatenate(probs), np.concatenate(labels).astype(int), paths)
+
+
+@dataclass
+class TargetStream:
+    """Unlabelled target batches drawn alongside the source batches, for an adaptation ``method``."""
+
+    method: AdaptationMethod
+    loader: DataLoader
+
+    def __post_init__(self) -> None:
+        self._batches = self._endless()
+
+    def _endless(self):  # type: ignore[no-untyped-def]
+        while True:  # re-iterating (not itertools.cycle) draws fresh augmentations and shuffles each pass
+            yield from self.loader
+
+    def next_images(self, device: torch.device) -> torch.Tensor:
+        return next(self._batches)["image"].to(device, non_blocking=True).float()  # (B_t, C, H, W)
 
 
 class HeadOnly(nn.Module):
@@ -159,24 +179,42 @@ class Trainer:
 
     def fit(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
             score: Callable[[Predictions], dict[str, float]], monitor: str = "auroc",
-            on_epoch_end: EpochCallback | None = None) -> FitResult:
+            on_epoch_end: EpochCallback | None = None, adaptation: AdaptationMethod | None = None,
+            target_loader: DataLoader | None = None) -> FitResult:
         """Train; after each epoch compute ``score(val predictions)`` and keep the best ``monitor`` value.
 
         A frozen encoder (``linear_probe``) with ``features.cache`` is run once over both loaders and
-        its head trained on the cached features; ``train_loader`` should then be deterministic.
+        its head trained on the cached features; ``train_loader`` should then be deterministic. An
+        ``adaptation`` method that needs target data draws a batch of ``target_loader`` per step and
+        adds its loss on the pooled features and logits of both batches.
         """
         start = time.perf_counter()
-        if self.trains_on_features(model):
+        target = self._target_stream(model, adaptation, target_loader)
+        if self.trains_on_features(model, adaptation):
             best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end)
         else:
             best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
-                                  self.max_epochs, self.patience)
+                                  self.max_epochs, self.patience, target=target)
         best.seconds = time.perf_counter() - start
         return best
 
-    def trains_on_features(self, model: TransferModel) -> bool:
+    def trains_on_features(self, model: TransferModel, adaptation: AdaptationMethod | None = None) -> bool:
         """Whether :meth:`fit` will train ``model``'s head on cached features (then skip augmentation)."""
-        return bool(self.features.get("cache", False)) and not model.strategy.train_encoder
+        needs_target = adaptation is not None and adaptation.needs_target
+        return bool(self.features.get("cache", False)) and not model.strategy.train_encoder and not needs_target
+
+    @staticmethod
+    def _target_stream(model: TransferModel, adaptation: AdaptationMethod | None,
+                       target_loader: DataLoader | None) -> TargetStream | None:
+        if adaptation is None or not adaptation.needs_target:
+            return None
+        name = getattr(adaptation, "method_name", type(adaptation).__name__)
+        if not model.strategy.train_encoder:
+            raise MedtlError(f"adaptation={name} adapts the encoder, which model.strategy={model.strategy.name} "
+                             "freezes; use model.strategy=finetune")
+        if target_loader is None:
+            raise MedtlError(f"adaptation={name} needs target images; set data.target (or use an *_da experiment)")
+        return TargetStream(adaptation, target_loader)
 
     def _fit_head_on_features(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                               score: Callable[[Predictions], dict[str, float]], monitor: str,
@@ -195,9 +233,14 @@ class Trainer:
 
     def _fit_loop(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
-                  max_epochs: int, patience: int, save_best: bool = True) -> FitResult:
+                  max_epochs: int, patience: int, save_best: bool = True,
+                  target: TargetStream | None = None) -> FitResult:
         model.to(self.device)
-        optimizer = self.optimizer_factory(model.param_groups(self.lr))
+        groups = model.param_groups(self.lr)
+        if target is not None:
+            target.method.to(self.device)
+            groups += target.method.param_groups(self.lr)
+        optimizer = self.optimizer_factory(groups)
         steps = self._steps_per_epoch(train_loader)
         scheduler = warmup_cosine_scheduler(optimizer, round(self.warmup_epochs * steps), max_epochs * steps,
                                             self.min_lr_factor)
@@ -205,8 +248,8 @@ class Trainer:
         for epoch in range(max_epochs):
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
-            train_loss = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs)
-            metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()}}
+            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target)
+            metrics.update({f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()})
             best.history.append(metrics)
             if on_epoch_end:
                 on_epoch_end(metrics, epoch)
@@ -227,27 +270,43 @@ class Trainer:
         return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc, tta=tta)
 
     def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int) -> float:
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int,
+                     target: TargetStream | None = None) -> dict[str, float]:
+        """One pass over ``loader``; returns ``train_loss``, ``train_images_per_s`` (source images per
+        second, data loading included) and the adaptation method's epoch metrics."""
         model.train()
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
         losses: list[float] = []
-        bar = tqdm(loader, total=self._steps_per_epoch(loader), desc=f"epoch {epoch + 1}/{max_epochs}",
-                   disable=not self.progress, unit="batch")
+        steps, images, start = self._steps_per_epoch(loader), 0, time.perf_counter()
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{max_epochs}", disable=not self.progress, unit="batch")
         for step, batch in enumerate(bar):
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
                 break
-            images = batch["image"].to(self.device, non_blocking=True).float()  # (B, C, H, W)
-            targets = torch.as_tensor(batch["label"], device=self.device)  # (B,)
-            with _autocast(self.device, self.amp):
-                loss = nn.functional.cross_entropy(model(images).float(), targets)
+            loss = self._loss(model, batch, target, progress=(epoch * steps + step) / (max_epochs * steps))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip_norm:
-                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.grad_clip_norm)
+                nn.utils.clip_grad_norm_([p for p in parameters if p.requires_grad], self.grad_clip_norm)
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            images += len(batch["label"])
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        return float(np.mean(losses))
+        metrics = {"train_loss": float(np.mean(losses)), "train_images_per_s": images / (time.perf_counter() - start)}
+        return {**metrics, **(target.method.epoch_metrics() if target else {})}
+
+    def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None, progress: float) -> torch.Tensor:
+        """Cross-entropy on the source batch, plus the adaptation loss on source and target features."""
+        images = batch["image"].to(self.device, non_blocking=True).float()  # (B, C, H, W)
+        labels = torch.as_tensor(batch["label"], device=self.device)  # (B,)
+        with _autocast(self.device, self.amp):
+            if target is None:
+                return nn.functional.cross_entropy(model(images).float(), labels)
+            features = model.encoder.forward_features(torch.cat([images, target.next_images(self.device)]))  # (B + B_t, F)
+            logits = model.encoder.head(features).float()  # (B + B_t, K)
+            n = len(images)
+            domains = DomainBatch(features[:n], logits[:n], features[n:], logits[n:], progress)
+            return nn.functional.cross_entropy(logits[:n], labels) + target.method.loss(domains)
 
     def _steps_per_epoch(self, loader: DataLoader) -> int:
         return min(len(loader), self.max_steps_per_epoch or len(loader))

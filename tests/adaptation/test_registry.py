@@ -3,23 +3,60 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtl.adaptation import create_adaptation, list_adaptations
+from medtl.adaptation import DomainBatch, build_adaptation, create_adaptation, list_adaptations
+from medtl.adaptation.entropy import Combined
 from medtl.errors import MedtlError
+
+FEATURES = 16
+
+
+def _batch(progress: float = 0.5) -> DomainBatch:
+    generator = torch.Generator().manual_seed(0)
+    return DomainBatch(source_features=torch.randn(8, FEATURES, generator=generator, requires_grad=True),
+                       source_logits=torch.randn(8, 2, generator=generator, requires_grad=True),
+                       target_features=torch.randn(6, FEATURES, generator=generator, requires_grad=True),
+                       target_logits=torch.randn(6, 2, generator=generator, requires_grad=True), progress=progress)
+
+
+def test_the_issue_methods_are_registered() -> None:
+    assert {"none", "adabn", "dann", "mmd", "coral", "entropy", "target_oracle"} <= set(list_adaptations())
 
 
 @pytest.mark.parametrize("name", list_adaptations())
-def test_every_method_gives_a_finite_scalar_loss_with_gradients(name: str) -> None:
-    method = create_adaptation(name)
-    source = torch.randn(8, 16, requires_grad=True)
-    target = torch.randn(8, 16, requires_grad=True) if method.needs_target else None
-    loss = method.loss(source, target, progress=0.5)
+def test_every_method_gives_a_finite_scalar_loss(name: str) -> None:
+    method = build_adaptation(name, num_features=FEATURES)
+    loss = method.loss(_batch())
     assert loss.ndim == 0 and torch.isfinite(loss)
+    if method.needs_target:  # the loss reaches the features it aligns
+        loss.backward()
 
 
-def test_none_adds_nothing() -> None:
-    assert create_adaptation("none").loss(torch.randn(4, 3), None, 0.0).item() == 0.0
+@pytest.mark.parametrize("name", ["none", "adabn", "target_oracle"])
+def test_methods_without_a_training_term_add_exactly_zero(name: str) -> None:
+    method = build_adaptation(name, num_features=FEATURES)
+    assert not method.needs_target and method.loss(_batch()).item() == 0.0
 
 
-def test_unknown_method_is_a_user_error() -> None:
-    with pytest.raises(MedtlError, match="adaptation='dann'"):
-        create_adaptation("dann")
+def test_entropy_weight_stacks_entropy_on_another_method() -> None:
+    plain = build_adaptation("coral", num_features=FEATURES, weight=1.0)
+    stacked = build_adaptation("coral", num_features=FEATURES, weight=1.0, entropy_weight=0.5)
+    alone = build_adaptation("entropy", num_features=FEATURES, weight=0.5)
+    assert isinstance(stacked, Combined) and stacked.method_name == "coral+entropy"
+    batch = _batch()
+    assert torch.allclose(stacked.loss(batch), plain.loss(batch) + alone.loss(batch))
+
+
+def test_weight_scales_the_loss() -> None:
+    batch = _batch()
+    one = build_adaptation("mmd", num_features=FEATURES, weight=1.0).loss(batch)
+    three = build_adaptation("mmd", num_features=FEATURES, weight=3.0).loss(batch)
+    assert torch.allclose(three, 3 * one)
+
+
+def test_unknown_method_and_unknown_option_are_user_errors() -> None:
+    with pytest.raises(MedtlError, match="adaptation.method='gan'.*choose one of"):
+        build_adaptation("gan", num_features=FEATURES)
+    with pytest.raises(MedtlError, match=r"adaptation.options \['hiden'\].*'dann'.*hidden"):
+        build_adaptation("dann", num_features=FEATURES, options={"hiden": 64})
+    with pytest.raises(MedtlError, match="adaptation.method='x'"):
+        create_adaptation("x")

@@ -1,0 +1,32 @@
+"""Build the adaptation method that ``conf/adaptation/<name>.yaml`` describes."""
+from __future__ import annotations
+
+import inspect
+
+from medtl.adaptation.entropy import Combined, EntropyMinimisation
+from medtl.adaptation.registry import AdaptationMethod, _METHODS, create_adaptation
+from medtl.errors import MedtlError
+
+__all__ = ["build_adaptation"]
+
+
+def build_adaptation(method: str, num_features: int, weight: float = 1.0, entropy_weight: float = 0.0,
+                     options: dict | None = None) -> AdaptationMethod:
+    """The registered ``method`` (``options`` are its own arguments), plus entropy minimisation on the
+    target predictions when ``entropy_weight > 0``. ``num_features`` is the encoder's pooled size."""
+    options = dict(options or {})
+    if method not in _METHODS:
+        create_adaptation(method)  # raises the one-line error listing the methods
+    accepted = inspect.signature(_METHODS[method].__init__).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise MedtlError(f"adaptation.options {unknown} are not arguments of adaptation '{method}'; "
+                         f"it takes {sorted(set(accepted) - {'self', 'weight', 'num_features'})}")
+    if "num_features" in accepted:
+        options["num_features"] = num_features
+    chosen = create_adaptation(method, weight=weight, **options)
+    if entropy_weight < 0:
+        raise MedtlError(f"adaptation.entropy_weight={entropy_weight} must be >= 0")
+    if entropy_weight > 0 and method != "entropy":
+        return Combined(chosen, EntropyMinimisation(weight=entropy_weight))
+    return chosen

@@ -1,0 +1,179 @@
+"""Two domains for adaptation: a labelled source site and a target site whose labels never train.
+
+The target is a manifest CSV, a class-per-folder tree, a folder of plain images (no labels at all),
+or, with none given, a simulated site: a held-out, patient-disjoint share of the source written
+through :class:`~medtl.data.shift.AcquisitionShift` (cached, like the demo, under ``sites_dir``).
+A labelled target is split by patient into ``adapt`` (its images are used without labels) and
+``test`` (evaluation only); the ``target_oracle`` reference trains on ``adapt`` with labels,
+choosing its epoch on a patient-disjoint part of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from monai.data import DataLoader
+
+from medtl.data.datamodule import ImageClassificationData, apply_label_map, load_source_frame
+from medtl.data.manifest import list_images, manifest_from_tree, read_manifest, write_manifest
+from medtl.data.shift import shift_for, write_shifted_site
+from medtl.data.split import stratified_group_holdout
+from medtl.errors import MedtlError
+from medtl.models.registry import WeightsInfo
+
+__all__ = ["DomainAdaptationData", "read_target_frame", "simulated_site"]
+
+log = logging.getLogger(__name__)
+SITE_MANIFEST = "manifest.csv"
+
+
+def read_target_frame(path: str, patient_id_patterns: list[str]) -> pd.DataFrame:
+    """Target images from a manifest CSV (``label`` optional), a class-per-folder tree, or a folder of
+    plain images (unlabelled, each image its own patient). Unlabelled rows have ``label == ""``."""
+    source = Path(path).expanduser()
+    if source.suffix.lower() == ".csv":
+        frame = read_manifest(source, required=("path", "patient_id"))
+        return frame if "label" in frame.columns else frame.assign(label="")
+    if not source.is_dir():
+        raise MedtlError(f"data.target={path} is neither a manifest CSV nor a folder; point it at target images")
+    plain = list_images(source)
+    if plain:
+        return pd.DataFrame({"path": [str(p.resolve()) for p in plain], "label": "",
+                             "patient_id": [p.stem for p in plain]})
+    return manifest_from_tree(source, patient_id_patterns)
+
+
+def simulated_site(frame: pd.DataFrame, sites_dir: str, severity: str, fraction: float, seed: int,
+                   dicom: object) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``fraction`` of the patients off ``frame`` (stratified) and write them as a shifted site.
+
+    Returns ``(rest of the source, target frame)``; the written files are cached by content key.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise MedtlError(f"data.target_simulation.fraction={fraction} must be in (0, 1)")
+    held_out = stratified_group_holdout(frame, fraction, seed, key="data.target_simulation.fraction")
+    target, rest = frame.loc[held_out], frame.drop(held_out)
+    shift = shift_for(severity)
+    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in target["path"]]
+    key = hashlib.sha256(json.dumps([stats, asdict(shift), seed, asdict(dicom)], default=str).encode()).hexdigest()[:16]
+    folder = Path(sites_dir).expanduser() / f"{severity}-{key}"
+    if not (folder / SITE_MANIFEST).is_file():
+        _write_site(target.reset_index(drop=True), folder, shift, seed, dicom)
+    return rest.reset_index(drop=True), read_manifest(folder / SITE_MANIFEST)
+
+
+def _write_site(target: pd.DataFrame, folder: Path, shift: object, seed: int, dicom: object) -> None:
+    """Write the shifted site into a temporary sibling, then rename it into place (never half-written)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        shifted = write_shifted_site(target, staging / "images", shift, seed, dicom)
+        shifted = shifted.assign(path=[str(Path("images") / Path(p).name) for p in shifted["path"]])
+        write_manifest(shifted[["path", "label", "patient_id"]], staging / SITE_MANIFEST)
+        os.replace(staging, folder)
+    except OSError:
+        if not (folder / SITE_MANIFEST).is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class DomainAdaptationData(ImageClassificationData):
+    """A labelled source (``source``: manifest CSV or tree; the demo when null) and a target domain.
+
+    Args:
+        target: manifest CSV, class-per-folder tree or folder of plain images; ``None``: a simulated site.
+        target_simulation: ``{severity, fraction, seed}`` of the simulated site (see :mod:`medtl.data.shift`).
+        target_eval_fraction: share of the labelled target's patients kept for evaluation only.
+        sites_dir: where simulated sites are written.
+        Every other argument is :class:`ImageClassificationData`'s and describes the source.
+    """
+
+    def __init__(self, source: str | None = None, target: str | None = None, target_simulation: dict | None = None,
+                 target_eval_fraction: float = 0.5, sites_dir: str = "~/.cache/medtl/sites", **kwargs: object) -> None:
+        if source:
+            kwargs["manifest" if str(source).lower().endswith(".csv") else "root"] = source
+        super().__init__(**kwargs)
+        self.target = target
+        self.target_simulation = {"severity": "strong", "fraction": 0.3, "seed": 0, **(target_simulation or {})}
+        if not 0.0 < target_eval_fraction < 1.0:
+            raise MedtlError(f"data.target_eval_fraction={target_eval_fraction} must be in (0, 1)")
+        self.target_eval_fraction, self.sites_dir = target_eval_fraction, sites_dir
+        self.target_frame: pd.DataFrame | None = None
+
+    def _load_frame(self) -> pd.DataFrame:
+        frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
+        frame = apply_label_map(frame, self.label_map, "data.label_map")
+        if self.target:
+            target = apply_label_map(read_target_frame(self.target, self.patient_id_patterns), self.label_map,
+                                     "data.label_map")
+        else:
+            sim = self.target_simulation
+            frame, target = simulated_site(frame, self.sites_dir, str(sim["severity"]), float(sim["fraction"]),
+                                           int(sim["seed"]), self.dicom)
+        self.target_frame = target
+        return frame
+
+    def setup(self, validate: bool = True) -> pd.DataFrame:
+        """Source as :meth:`ImageClassificationData.setup`; the target split into ``adapt`` and ``test``."""
+        frame = super().setup(validate)
+        self.target_frame = self._split_target(self.target_frame)
+        log.info("target: %s", self.target_summary())
+        return frame
+
+    @property
+    def target_labelled(self) -> bool:
+        return self._require_target()["label"].ne("").all()
+
+    def target_summary(self) -> dict[str, int]:
+        """Target image counts per split (``adapt``/``test``) and class; no identifiers."""
+        counts = self._require_target().groupby(["split", "label"]).size()
+        return {f"n_images.target_{split}.{label or 'unlabelled'}": int(n) for (split, label), n in counts.items()}
+
+    def summary(self) -> dict[str, int]:
+        return {**super().summary(), **self.target_summary()}
+
+    def target_loader(self, weights: WeightsInfo, split: str, augment: bool) -> DataLoader:
+        """Target images of ``split`` (``adapt`` or ``test``), shuffled and augmented when ``augment``."""
+        return self.loader(self.dataset(split, self.transform(weights, augment), weights, self._require_target()),
+                           shuffle=augment)
+
+    def oracle_loaders(self, weights: WeightsInfo, augment: bool = True) -> tuple[DataLoader, DataLoader]:
+        """``target_oracle``: train on labelled target ``adapt`` patients, validate on a disjoint part of them."""
+        if not self.target_labelled:
+            raise MedtlError("adaptation=target_oracle needs target labels; give data.target a labelled "
+                             "manifest or class-per-folder tree")
+        adapt = self._require_target().query("split == 'adapt'")
+        held_out = stratified_group_holdout(adapt, self.val_fraction, self.split_seed, key="data.val_fraction")
+        frame = adapt.assign(split="train")
+        frame.loc[held_out, "split"] = "val"
+        train = self.dataset("train", self.transform(weights, augment), weights, frame)
+        val = self.dataset("val", self.transform(weights, augment=False), weights, frame)
+        return self.loader(train, shuffle=True), self.loader(val, shuffle=False)
+
+    def _split_target(self, target: pd.DataFrame) -> pd.DataFrame:
+        unknown = sorted(set(target["label"]) - {""} - set(self.classes))
+        if unknown:
+            raise MedtlError(f"target labels {unknown} are not source classes {self.classes}; map them with "
+                             "data.label_map or fix the target")
+        if target["label"].eq("").any():
+            return target.assign(split="adapt")
+        if "split" in target.columns and target["split"].eq("test").any():
+            return target.assign(split=target["split"].where(target["split"] == "test", "adapt"))
+        test = stratified_group_holdout(target, self.target_eval_fraction, self.split_seed,
+                                        key="data.target_eval_fraction")
+        split = pd.Series("adapt", index=target.index)
+        split.loc[test] = "test"
+        return target.assign(split=split)
+
+    def _require_target(self) -> pd.DataFrame:
+        if self.target_frame is None or "split" not in self.target_frame.columns:
+            raise RuntimeError("call setup() before using the target data")
+        return self.target_frame
