@@ -15,8 +15,11 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig
 
 from medtl import CONFIG_DIR
+from medtl.adaptation import AdaptationMethod
 from medtl.data import ImageClassificationData
+from medtl.data.domains import run_loaders
 from medtl.engine import Trainer
+from medtl.engine.domain import DomainReport, evaluate_target
 from medtl.engine.evaluation import EvaluationReport, Evaluator
 from medtl.errors import exit_on_user_error
 from medtl.models import TransferModel
@@ -28,26 +31,36 @@ log = logging.getLogger("medtl.train")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Seed -> data -> model -> tracking -> fit -> evaluate -> log; return the final validation metrics."""
+    """Seed -> data -> model -> adaptation -> tracking -> fit -> evaluate (source, then target) -> log;
+    return the final source-validation metrics (plus ``target_*`` ones with a target domain)."""
     set_determinism(seed=cfg.seed)
     data: ImageClassificationData = instantiate(cfg.data)
     data.setup()
     check = data.run_checks()
     model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
+    adaptation: AdaptationMethod = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
     trainer: Trainer = instantiate(cfg.trainer, checkpoint_path=_checkpoint_path())
-    train_loader, val_loader = data.loaders(model.encoder.weights_info, augment=not trainer.trains_on_features(model))
+    loaders = run_loaders(data, model.encoder.weights_info, not trainer.trains_on_features(model, adaptation),
+                          adaptation.method_name, adaptation.needs_target, adaptation.trains_on_target_labels)
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
 
     with instantiate(cfg.tracking) as tracker:
         tracker.log_config(cfg)
         tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
         tracker.log_data_check(check, data.skipped)
-        fit = trainer.fit(model, train_loader, val_loader, score=evaluator.metrics, on_epoch_end=tracker.log_metrics)
-        report = evaluator.report(trainer.predict(model, val_loader, desc="final validation", tta=evaluator.tta))
+        fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
+                          adaptation=adaptation, target_loader=loaders.target_train)
+        report = evaluator.report(trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta))
         _log_report(tracker, report, fit.best_epoch, fit.seconds)
+        metrics = dict(report.metrics)
+        if loaders.target_eval is not None:
+            domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
+                                     trainer.progress, cfg.seed)
+            _log_domain_report(tracker, domain)
+            metrics.update(domain.metrics)
         model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(model, data, report))
-    _print_summary(report, tracker.run_id, model_uri)
-    return report.metrics
+    _print_summary(metrics, tracker.run_id, model_uri)
+    return metrics
 
 
 def _log_report(tracker: MlflowTracker, report: EvaluationReport, best_epoch: int, seconds: float) -> None:
@@ -55,6 +68,13 @@ def _log_report(tracker: MlflowTracker, report: EvaluationReport, best_epoch: in
     tracker.log_metrics({"best_epoch": best_epoch, "fit_seconds": seconds})
     tracker.log_frame(report.predictions, "val_predictions.csv")
     for name, figure in report.figures.items():
+        tracker.log_figure(figure, name)
+
+
+def _log_domain_report(tracker: MlflowTracker, domain: DomainReport) -> None:
+    tracker.log_metrics(domain.metrics)
+    tracker.log_frame(domain.predictions, "target_predictions.csv")
+    for name, figure in domain.figures.items():
         tracker.log_figure(figure, name)
 
 
@@ -90,8 +110,12 @@ def _checkpoint_path() -> str | None:
     return None
 
 
-def _print_summary(report: EvaluationReport, run_id: str | None, model_uri: str | None) -> None:
-    print("\nvalidation: " + ", ".join(f"{k}={v:.4f}" for k, v in report.metrics.items()))
+def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:
+    source = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith(("target_", "proxy_", "unadapted_")))
+    print(f"\nvalidation: {source}")
+    target = {k: v for k, v in metrics.items() if k.startswith(("target_", "proxy_", "unadapted_"))}
+    if target:
+        print("target: " + ", ".join(f"{k}={v:.4f}" for k, v in target.items()))
     print(f"MLflow run id: {run_id}")
     if model_uri:
         print(f"model: {model_uri}  (python -m medtl.predict model={model_uri} input=<folder> output=preds.csv)")

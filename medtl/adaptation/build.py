@@ -27,6 +27,9 @@ def build_adaptation(method: str, num_features: int, weight: float = 1.0, entrop
     chosen = create_adaptation(method, weight=weight, **options)
     if entropy_weight < 0:
         raise MedtlError(f"adaptation.entropy_weight={entropy_weight} must be >= 0")
+    if entropy_weight > 0 and chosen.trains_on_target_labels:
+        raise MedtlError(f"adaptation.entropy_weight={entropy_weight} cannot stack on '{method}', which trains on "
+                         "target labels; set adaptation.entropy_weight=0")
     if entropy_weight > 0 and method != "entropy":
         return Combined(chosen, EntropyMinimisation(weight=entropy_weight))
     return chosen

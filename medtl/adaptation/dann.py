@@ -10,7 +10,7 @@ from medtl.adaptation.registry import AdaptationMethod, DomainBatch, register_ad
 __all__ = ["DomainAdversarial", "domain_discriminator"]
 
 
-def domain_discriminator(num_features: int, hidden: int = 256) -> nn.Sequential:
+def domain_discriminator(num_features: int, hidden: int = 1024) -> nn.Sequential:
     """``(B, F)`` features -> ``(B, 1)`` logit of "source" (Linear-BN-ReLU x2 -> Linear, as in TLlib)."""
     return nn.Sequential(nn.Linear(num_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                          nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -28,7 +28,7 @@ class DomainAdversarial(AdaptationMethod):
 
     needs_target = True
 
-    def __init__(self, num_features: int, weight: float = 1.0, hidden: int = 256, alpha: float = 10.0,
+    def __init__(self, num_features: int, weight: float = 1.0, hidden: int = 1024, alpha: float = 10.0,
                  max_coefficient: float = 1.0) -> None:
         super().__init__(weight)
         self.reversal = GradientReversal(alpha, max_coefficient)

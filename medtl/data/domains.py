@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +28,7 @@ from medtl.data.split import stratified_group_holdout
 from medtl.errors import MedtlError
 from medtl.models.registry import WeightsInfo
 
-__all__ = ["DomainAdaptationData", "read_target_frame", "simulated_site"]
+__all__ = ["DomainAdaptationData", "RunLoaders", "read_target_frame", "run_loaders", "simulated_site"]
 
 log = logging.getLogger(__name__)
 SITE_MANIFEST = "manifest.csv"
@@ -63,7 +63,7 @@ def simulated_site(frame: pd.DataFrame, sites_dir: str, severity: str, fraction:
     shift = shift_for(severity)
     stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in target["path"]]
     key = hashlib.sha256(json.dumps([stats, asdict(shift), seed, asdict(dicom)], default=str).encode()).hexdigest()[:16]
-    folder = Path(sites_dir).expanduser() / f"{severity}-{key}"
+    folder = Path(sites_dir).expanduser().resolve() / f"{severity}-{key}"
     if not (folder / SITE_MANIFEST).is_file():
         _write_site(target.reset_index(drop=True), folder, shift, seed, dicom)
     return rest.reset_index(drop=True), read_manifest(folder / SITE_MANIFEST)
@@ -75,7 +75,6 @@ def _write_site(target: pd.DataFrame, folder: Path, shift: object, seed: int, di
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         shifted = write_shifted_site(target, staging / "images", shift, seed, dicom)
-        shifted = shifted.assign(path=[str(Path("images") / Path(p).name) for p in shifted["path"]])
         write_manifest(shifted[["path", "label", "patient_id"]], staging / SITE_MANIFEST)
         os.replace(staging, folder)
     except OSError:
@@ -99,6 +98,9 @@ class DomainAdaptationData(ImageClassificationData):
     def __init__(self, source: str | None = None, target: str | None = None, target_simulation: dict | None = None,
                  target_eval_fraction: float = 0.5, sites_dir: str = "~/.cache/medtl/sites", **kwargs: object) -> None:
         if source:
+            if not Path(source).expanduser().exists():
+                raise MedtlError(f"data.source={source} does not exist; point data.source at a labelled manifest "
+                                 "CSV or class-per-folder tree (paths are relative to where you run medtl)")
             kwargs["manifest" if str(source).lower().endswith(".csv") else "root"] = source
         super().__init__(**kwargs)
         self.target = target
@@ -177,3 +179,40 @@ class DomainAdaptationData(ImageClassificationData):
         if self.target_frame is None or "split" not in self.target_frame.columns:
             raise RuntimeError("call setup() before using the target data")
         return self.target_frame
+
+
+@dataclass
+class RunLoaders:
+    """Every loader a run needs. ``train``/``val`` fit the model and pick its epoch; ``source_val`` gives
+    the source metrics; ``target_train`` feeds unlabelled target batches to a method that needs them;
+    ``target_eval`` (target ``adapt`` images, deterministic) feeds ``adapt()`` (AdaBN) and the feature
+    picture; ``target_test`` is the labelled target evaluation (``None`` when the target is unlabelled)."""
+
+    train: DataLoader
+    val: DataLoader
+    source_val: DataLoader
+    target_train: DataLoader | None = None
+    target_eval: DataLoader | None = None
+    target_test: DataLoader | None = None
+
+
+def run_loaders(data: ImageClassificationData, weights: WeightsInfo, augment: bool, method: str,
+                needs_target: bool, trains_on_target_labels: bool) -> RunLoaders:
+    """The loaders for adaptation ``method`` (its ``needs_target``/``trains_on_target_labels`` flags)."""
+    if not isinstance(data, DomainAdaptationData):
+        if method != "none":
+            raise MedtlError(f"adaptation={method} needs a target domain; use a data config with a target "
+                             "(data=chest_xray_da, or +experiment=chest_xray_da / brain_mri_da)")
+        train, val = data.loaders(weights, augment)
+        return RunLoaders(train, val, val)
+    source_val = data.loader(data.dataset("val", data.transform(weights, augment=False), weights), shuffle=False)
+    if trains_on_target_labels:
+        train, val = data.oracle_loaders(weights, augment)
+    else:
+        train = data.loader(data.dataset("train", data.transform(weights, augment), weights), shuffle=True)
+        val = source_val
+    return RunLoaders(
+        train, val, source_val,
+        target_train=data.target_loader(weights, "adapt", augment=augment) if needs_target else None,
+        target_eval=data.target_loader(weights, "adapt", augment=False),
+        target_test=data.target_loader(weights, "test", augment=False) if data.target_labelled else None)

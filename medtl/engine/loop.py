@@ -273,16 +273,18 @@ class Trainer:
                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int,
                      target: TargetStream | None = None) -> dict[str, float]:
         """One pass over ``loader``; returns ``train_loss``, ``train_images_per_s`` (source images per
-        second, data loading included) and the adaptation method's epoch metrics."""
+        second, data loading included) and, with a target, ``adaptation_loss`` and the method's epoch metrics."""
         model.train()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         losses: list[float] = []
+        adaptation_losses: list[float] = []
         steps, images, start = self._steps_per_epoch(loader), 0, time.perf_counter()
         bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{max_epochs}", disable=not self.progress, unit="batch")
         for step, batch in enumerate(bar):
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
                 break
-            loss = self._loss(model, batch, target, progress=(epoch * steps + step) / (max_epochs * steps))
+            task_loss, adaptation_loss = self._loss(model, batch, target, (epoch * steps + step) / (max_epochs * steps))
+            loss = task_loss + adaptation_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip_norm:
@@ -290,23 +292,27 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            adaptation_losses.append(float(adaptation_loss))
             images += len(batch["label"])
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         metrics = {"train_loss": float(np.mean(losses)), "train_images_per_s": images / (time.perf_counter() - start)}
-        return {**metrics, **(target.method.epoch_metrics() if target else {})}
+        if target is None:
+            return metrics
+        return {**metrics, "adaptation_loss": float(np.mean(adaptation_losses)), **target.method.epoch_metrics()}
 
-    def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None, progress: float) -> torch.Tensor:
-        """Cross-entropy on the source batch, plus the adaptation loss on source and target features."""
+    def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None,
+              progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cross-entropy on the source batch, adaptation loss on source and target features)``."""
         images = batch["image"].to(self.device, non_blocking=True).float()  # (B, C, H, W)
         labels = torch.as_tensor(batch["label"], device=self.device)  # (B,)
         with _autocast(self.device, self.amp):
             if target is None:
-                return nn.functional.cross_entropy(model(images).float(), labels)
+                return nn.functional.cross_entropy(model(images).float(), labels), images.new_zeros(())
             features = model.encoder.forward_features(torch.cat([images, target.next_images(self.device)]))  # (B + B_t, F)
             logits = model.encoder.head(features).float()  # (B + B_t, K)
             n = len(images)
             domains = DomainBatch(features[:n], logits[:n], features[n:], logits[n:], progress)
-            return nn.functional.cross_entropy(logits[:n], labels) + target.method.loss(domains)
+            return nn.functional.cross_entropy(logits[:n], labels), target.method.loss(domains).float()
 
     def _steps_per_epoch(self, loader: DataLoader) -> int:
         return min(len(loader), self.max_steps_per_epoch or len(loader))
