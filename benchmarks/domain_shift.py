@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,11 +25,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from medtl import CONFIG_DIR  # noqa: E402
-from medtl.provenance import git_commit, markdown_table  # noqa: E402
+from medtl.provenance import git_commit, machine_description, markdown_table  # noqa: E402
 from medtl.train import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -157,8 +154,7 @@ def write_results(args: argparse.Namespace, argv: list[str], runs: pd.DataFrame,
     stem = args.out_name or f"domain_shift_{args.experiment}"
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    commit = git_commit(HERE)
+    machine, commit = machine_description(), git_commit(HERE)
     settings = (f"{args.experiment}, {args.image_size} px, commit {commit}; {args.epochs} epochs "
                 f"(target_oracle {args.oracle_epochs}); seeds {args.seeds}")
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "commit": commit, "settings": settings,

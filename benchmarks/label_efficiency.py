@@ -14,9 +14,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,11 +23,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from medtl import CONFIG_DIR  # noqa: E402
+from medtl.provenance import git_commit, machine_description, markdown_table  # noqa: E402
 from medtl.train import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -75,12 +72,6 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         **{f"{m}_mean": (m, "mean") for m in metrics}, **{f"{m}_std": (m, "std") for m in metrics},
         labels=("labels", "mean"), seconds=("seconds", "mean"), seeds=("seed", "count"))
     return table.reset_index()
-
-
-def markdown(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    return header + "\n".join("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False))
 
 
 def target_checks(table: pd.DataFrame) -> list[str]:
@@ -143,25 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     stem = args.out_name or f"label_efficiency_{args.experiment}"
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    commit = _commit()
+    machine = machine_description()
+    commit = git_commit(HERE)
     settings = (f"{args.experiment}, {args.image_size} px, commit {commit}; finetune/scratch epochs "
                 f"min({args.max_epochs}, ceil({args.full_epochs}/sqrt(fraction))); seeds {args.seeds}")
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "commit": commit, "settings": settings,
                                                   "data": args.data, "argv": argv or [],
                                                   "runs": runs.to_dict("records")}, indent=2, default=float))
     checks = "".join(f"- {line}\n" for line in target_checks(table))
-    (out / f"{stem}.md").write_text(f"Machine: {machine}. {settings}.\n\n" + markdown(table) + "\n\n" + checks)
+    (out / f"{stem}.md").write_text(f"Machine: {machine}. {settings}.\n\n" + markdown_table(table) + "\n\n" + checks)
     plot(table, out / f"{stem}.png", f"{args.experiment}: label efficiency")
     print(table.to_string(index=False) + "\n" + checks)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

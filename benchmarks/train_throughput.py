@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +20,7 @@ from torch import nn
 
 from medtl.data import ImageClassificationData
 from medtl.models import build_classifier
+from medtl.provenance import git_commit, machine_description
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]
@@ -77,9 +75,7 @@ def main() -> None:
 
 
 def write_results(rows: list[dict], out: Path) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads")
+    commit, machine = git_commit(HERE), machine_description()
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows}, indent=2))
     lines = [f"Machine: {machine}. Commit {commit}. EfficientNet-Lite0 finetune, AdamW step, memory cache + augmentation.",

@@ -12,15 +12,13 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 
 from medtl import CONFIG_DIR
+from medtl.provenance import git_commit, machine_description
 from medtl.train import train
 
 HERE = Path(__file__).resolve().parent
@@ -46,25 +44,13 @@ def run_strategy(strategy: str, data: str, image_size: int, extra: list[str]) ->
     return {"strategy": strategy, "seconds": round(time.perf_counter() - start, 1), "overrides": overrides, **metrics}
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     data = os.path.relpath(args.data, HERE.parent)
-    payload = {"machine": machine(), "commit": commit(), "data": data, "image_size": args.image_size, "runs": rows}
+    payload = {"machine": machine_description(), "commit": git_commit(HERE), "data": data, "image_size": args.image_size, "runs": rows}
     (out / f"{args.out_name}.json").write_text(json.dumps(payload, indent=2))
-    lines = [f"Machine: {machine()}. Commit {commit()}. Data: `{data}` (train/, 20% of patients held out), "
+    lines = [f"Machine: {machine_description()}. Commit {git_commit(HERE)}. Data: `{data}` (train/, 20% of patients held out), "
              f"{args.image_size} px.", "",
              "| strategy | val AUROC | accuracy | sensitivity | specificity | wall time |",
              "|---|---|---|---|---|---|"]

@@ -4,6 +4,8 @@
 (one holding an ``MLmodel`` file). ``input``: a class-per-folder tree, a plain folder of images
 or a manifest CSV (``path`` required, ``label`` optional). ``output``: CSV with
 ``path,label,score`` (binary) or ``path,label,pred,score_<class>`` (multi-class).
+``adaptation=adabn``: first re-estimate the encoder's BatchNorm statistics on the input images (AdaBN):
+a model delivered from one site adapts to a folder of another site's images without training.
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import hydra
 import mlflow
+import torch
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
@@ -21,15 +26,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtl import CONFIG_DIR
 from medtl.atomic import write_csv_atomic
+from medtl.adaptation.adabn import recompute_batchnorm_statistics
 from medtl.data.manifest import list_images, manifest_from_tree, read_manifest
 from medtl.data.readers import DicomOptions
 from medtl.data.transforms import IntensityConfig, eval_transforms
 from medtl.engine.evaluation import predictions_frame
 from medtl.engine.loop import predict_loader, resolve_device
 from medtl.errors import MedtlError, exit_on_user_error
+from medtl.models import TransferModel, build_classifier
 from medtl.models.registry import WeightsInfo
+from medtl.tracking.mlflow_tracker import STATE_DICT_FILE
 
-__all__ = ["predict", "load_model", "input_frame", "main"]
+__all__ = ["predict", "load_model", "adapt_batchnorm", "input_frame", "main"]
+
+log = logging.getLogger("medtl.predict")
+MIN_ADABN_IMAGES = 32
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
@@ -37,7 +48,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     for key in ("model", "input", "output"):
         if OmegaConf.is_missing(cfg, key):
             raise MedtlError(f"set {key}=...; usage: python -m medtl.predict model=<uri|dir> input=<images> output=<csv>")
-    model, meta = load_model(str(cfg.model), cfg.tracking_uri)
+    adaptation = str(cfg.get("adaptation", "none"))
+    if adaptation not in ("none", "adabn"):
+        raise MedtlError(f"adaptation={adaptation} is not available at prediction time; use none or adabn")
+    model, meta = load_model(str(cfg.model), cfg.tracking_uri, eager=adaptation == "adabn")
     frame = input_frame(str(cfg.input))
     classes = list(meta["classes"])
     weights = WeightsInfo(source=str(meta.get("encoder_weights", "")), mean=tuple(meta["mean"]),
@@ -46,7 +60,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
                                 DicomOptions(**meta.get("dicom", {})))
     items = [{"image": p, "path": p} for p in frame["path"]]
     loader = DataLoader(Dataset(items, transform), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    preds = predict_loader(model, loader, resolve_device(cfg.device), progress=cfg.progress, tta=bool(cfg.tta))
+    device = resolve_device(cfg.device)
+    if adaptation == "adabn":
+        model = adapt_batchnorm(model, loader, device, cfg.progress)
+    preds = predict_loader(model, loader, device, progress=cfg.progress, tta=bool(cfg.tta))
     labels = list(frame["label"]) if "label" in frame.columns else None
     out = predictions_frame(preds.paths, preds.probs, classes, labels)
     write_csv_atomic(out, Path(cfg.output))
@@ -54,10 +71,22 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return out
 
 
-def load_model(ref: str, tracking_uri: str) -> tuple[Any, dict]:
+def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device, progress: bool) -> torch.nn.Module:
+    """AdaBN at the new site: the model with its encoder BatchNorm statistics re-estimated on the inputs."""
+    count = len(loader.dataset)
+    if count < MIN_ADABN_IMAGES:
+        log.warning("adaptation=adabn: only %d input image(s); BatchNorm statistics from fewer than %d images "
+                    "are noisy, predict a larger batch of the site's images at once", count, MIN_ADABN_IMAGES)
+    log.info("adaptation=adabn: re-estimating BatchNorm statistics on %d input image(s)", count)
+    return recompute_batchnorm_statistics(model, loader, device, progress)
+
+
+def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, dict]:
     """Fetch an MLflow model (URI or local folder); return the module and medtl's metadata.
 
-    Only models saved in MLflow's ``pt2`` format (``torch.export``, no pickle) are loaded.
+    Only models saved in MLflow's ``pt2`` format (``torch.export``, no pickle) are loaded. With ``eager``
+    the module is rebuilt from the metadata and the tensors-only ``extra_files/state_dict.pt`` instead
+    (an ``nn.Module`` whose BatchNorm layers can be re-estimated).
     """
     if not Path(ref).is_dir():
         mlflow.set_tracking_uri(tracking_uri)
@@ -72,7 +101,22 @@ def load_model(ref: str, tracking_uri: str) -> tuple[Any, dict]:
         if "classes" not in meta:
             raise MedtlError(f"model '{ref}' has no medtl metadata (classes, image_size...); "
                              "use a model logged by medtl.train")
+        if eager:
+            return _eager_model(local, meta, ref), meta
         return mlflow.pytorch.load_model(str(local)), meta
+
+
+def _eager_model(local: Path, meta: dict, ref: str) -> TransferModel:
+    state_path = local / "extra_files" / STATE_DICT_FILE
+    if not state_path.is_file() or "architecture" not in meta:
+        raise MedtlError(f"model '{ref}' has no eager weights (extra_files/{STATE_DICT_FILE}); adaptation=adabn "
+                         "needs a model logged by this version of medtl.train: retrain it, or use adaptation=none")
+    arch = meta["architecture"]
+    model = build_classifier(arch["encoder"], "scratch", int(arch["num_classes"]), weights=None,
+                             in_channels=int(arch["in_channels"]), image_size=int(arch["image_size"]),
+                             grey_input=str(arch["grey_input"]))
+    model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def _download(ref: str, tracking_uri: str, destination: str) -> Path:

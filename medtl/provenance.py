@@ -1,12 +1,15 @@
-"""Where a result came from: the code's git commit, and a Markdown table for benchmark write-ups."""
+"""Where a result came from: the code's git commit, the machine, and a Markdown table for benchmark write-ups."""
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-__all__ = ["git_commit", "markdown_table"]
+__all__ = ["git_commit", "machine_description", "markdown_table"]
 
 
 def git_commit(path: str | Path) -> str:
@@ -19,6 +22,13 @@ def git_commit(path: str | Path) -> str:
         return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def machine_description() -> str:
+    """``x86_64, 2 CPU cores, torch 2.13.0+cpu, 2 threads`` (plus the GPU's name when CUDA is there)."""
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads{gpu}")
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -58,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                      trainer.progress, cfg.seed)
             _log_domain_report(tracker, domain)
             metrics.update(domain.metrics)
-        model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(model, data, report))
+        model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(cfg, model, data, report))
     _print_summary(metrics, tracker.run_id, model_uri)
     return metrics
 
@@ -84,8 +84,10 @@ def _input_example(model: TransferModel, data: ImageClassificationData) -> np.nd
     return np.zeros((2, channels, data.image_size, data.image_size), dtype=np.float32)
 
 
-def _model_metadata(model: TransferModel, data: ImageClassificationData, report: EvaluationReport) -> dict:
-    """What ``medtl.predict`` needs to preprocess inputs and read outputs, stored in the MLmodel file."""
+def _model_metadata(cfg: DictConfig, model: TransferModel, data: ImageClassificationData,
+                    report: EvaluationReport) -> dict:
+    """What ``medtl.predict`` needs to preprocess inputs, read outputs and (AdaBN) rebuild the eager model,
+    stored in the MLmodel file."""
     weights = model.encoder.weights_info
     return {
         "medtl_version": 1,
@@ -100,6 +102,10 @@ def _model_metadata(model: TransferModel, data: ImageClassificationData, report:
         "dicom": {"voi": data.dicom.voi, "frames": data.dicom.frames},
         "encoder_weights": weights.source,
         "strategy": model.strategy.name,
+        "adaptation": cfg.adaptation.method,
+        "architecture": {"encoder": cfg.model.encoder, "num_classes": len(data.classes),
+                         "in_channels": cfg.model.in_channels, "grey_input": cfg.model.grey_input,
+                         "image_size": data.image_size},
     }
 
 
@@ -111,9 +117,9 @@ def _checkpoint_path() -> str | None:
 
 
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:
-    source = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith(("target_", "proxy_", "unadapted_")))
+    source = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith(("target_", "proxy_", "unadapted_", "adapt_")))
     print(f"\nvalidation: {source}")
-    target = {k: v for k, v in metrics.items() if k.startswith(("target_", "proxy_", "unadapted_"))}
+    target = {k: v for k, v in metrics.items() if k.startswith(("target_", "proxy_", "unadapted_", "adapt_"))}
     if target:
         print("target: " + ", ".join(f"{k}={v:.4f}" for k, v in target.items()))
     print(f"MLflow run id: {run_id}")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from medtl import CONFIG_DIR
+from medtl.adaptation import list_adaptations
+from medtl.errors import find_user_error
 from tests.conftest import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -12,14 +15,39 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment: str) -> None:
-    cfg = compose_config([f"+experiment={experiment}", "data.image_size=64"])
+    source = ["data.source=null"] if experiment.endswith("_da") else []  # the demo, not ../shared/data
+    cfg = compose_config([f"+experiment={experiment}", "data.image_size=64", *source])
     assert cfg.experiment_name == experiment
     data = instantiate(cfg.data)
     assert data.image_size == 64
     model = instantiate(cfg.model, num_classes=2)
     assert model.strategy.name == cfg.model.strategy
     assert instantiate(cfg.trainer, checkpoint_path=None).max_epochs == cfg.trainer.max_epochs
-    assert instantiate(cfg.adaptation).loss is not None
+    method = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
+    assert method.method_name == cfg.adaptation.method
+
+
+ADAPTATIONS = sorted(p.stem for p in (CONFIG_DIR / "adaptation").glob("*.yaml"))
+
+
+def test_every_registered_adaptation_method_has_a_config() -> None:
+    assert ADAPTATIONS == list_adaptations()
+
+
+@pytest.mark.parametrize("name", ADAPTATIONS)
+def test_adaptation_config_builds_its_method(name: str) -> None:
+    cfg = compose_config(["+experiment=chest_xray_da", f"adaptation={name}"])
+    method = instantiate(cfg.adaptation, num_features=1280)
+    assert method.method_name == name == cfg.tracking.tags["medtl.adaptation"]
+    assert cfg.tracking.run_name == f"chest_xray_da-{name}"
+
+
+def test_brain_mri_da_without_the_shared_data_names_the_source_key(tmp_path) -> None:  # noqa: ANN001
+    cfg = compose_config(["+experiment=brain_mri_da"])  # tests run in tmp_path: ../shared is not beside it
+    with pytest.raises(InstantiationException) as raised:
+        instantiate(cfg.data)
+    assert "data.source=../shared/data/brain_mri/train does not exist" in str(find_user_error(raised.value))
+    assert cfg.data.label_map.glioma == "tumour" and cfg.data.positive_class == "tumour"
 
 
 def test_overrides_reach_the_objects() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from monai.data import DataLoader
 
-from medtl.data.datamodule import ImageClassificationData, apply_label_map, load_source_frame
+from medtl.data.datamodule import ImageClassificationData, apply_label_map
 from medtl.data.manifest import list_images, manifest_from_tree, read_manifest, write_manifest
 from medtl.data.shift import shift_for, write_shifted_site
 from medtl.data.split import stratified_group_holdout
@@ -111,8 +111,7 @@ class DomainAdaptationData(ImageClassificationData):
         self.target_frame: pd.DataFrame | None = None
 
     def _load_frame(self) -> pd.DataFrame:
-        frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
-        frame = apply_label_map(frame, self.label_map, "data.label_map")
+        frame = super()._load_frame()
         if self.target:
             target = apply_label_map(read_target_frame(self.target, self.patient_id_patterns), self.label_map,
                                      "data.label_map")

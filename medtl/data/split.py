@@ -76,6 +76,11 @@ def stratified_group_holdout(pool: pd.DataFrame, val_fraction: float, seed: int,
         raise MedtlError(
             f"only {n_patients} patients to split {round(val_fraction * 100)}% off with {key}={val_fraction}; "
             "add images or give the manifest a split column")
+    largest_class = int(pool["label"].value_counts().max())
+    if largest_class < n_splits:
+        raise MedtlError(
+            f"too few images per class to split {round(val_fraction * 100)}% off with {key}={val_fraction} "
+            f"(the largest class has {largest_class}); add images or give the manifest a split column")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, val_positions = next(splitter.split(pool, y=pool["label"], groups=pool["patient_id"]))
     return pool.index[val_positions]

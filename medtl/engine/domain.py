@@ -6,6 +6,7 @@ adaptation method hands over for the target (``adapt()``: AdaBN swaps in target 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,13 +72,16 @@ def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loader
                     progress: bool = True, seed: int = 0) -> DomainReport:
     """Adapt ``model`` to the target, predict the target (``target_test``, else the unlabelled ``target_eval``),
     and compare source-validation and target features. When ``adapt()`` hands over another model (AdaBN),
-    the unadapted model's target metrics are reported too, as ``unadapted_*``."""
+    the unadapted model's target metrics are reported too, as ``unadapted_*``, with ``adapt_seconds``."""
+    start = time.perf_counter()
     target_model = adaptation.adapt(model, loaders.target_eval, device)
+    adapt_seconds = time.perf_counter() - start
     source = encode_features(model, loaders.source_val, device, progress, "encoding source val")
     target, probs, metrics = _target_side(target_model, loaders, source, source_threshold, device, progress, seed)
     if target_model is not model:
         unadapted = _target_side(model, loaders, source, source_threshold, device, progress, seed)[2]
         metrics.update({f"unadapted_{k}": v for k, v in unadapted.items()})
+        metrics["adapt_seconds"] = adapt_seconds
     figures = {"domain_features.png": _embedding(source, target, classes, seed)}
     if loaders.target_test is not None and len(classes) == 2:
         figures["target_roc_curve.png"] = roc_figure(target.labels, probs[:, 1], classes[1], source_threshold,

@@ -18,10 +18,11 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["MlflowTracker", "flatten_config", "MAX_PARAM_LENGTH"]
+__all__ = ["MlflowTracker", "flatten_config", "MAX_PARAM_LENGTH", "STATE_DICT_FILE"]
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 500  # the strictest MLflow backends' limit; the full config is an artefact
+STATE_DICT_FILE = "state_dict.pt"  # the eager weights, inside the logged model's extra_files/
 
 
 class MlflowTracker:
@@ -93,12 +94,21 @@ class MlflowTracker:
             mlflow.log_artifact(str(path))
 
     def log_model(self, model: torch.nn.Module, input_example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
-        """Log ``model`` in MLflow's ``pt2`` format (a traced graph, no pickle); return its ``models:/`` URI."""
+        """Log ``model`` in MLflow's ``pt2`` format (a traced graph, no pickle); return its ``models:/`` URI.
+
+        The eager ``state_dict`` rides along as ``extra_files/state_dict.pt`` (tensors only, read back with
+        ``weights_only=True``): prediction-time AdaBN rebuilds the model from it to re-estimate BatchNorm.
+        """
         if not self.should_log_model:
             return None
-        info = mlflow.pytorch.log_model(model.eval().cpu(), name="model", input_example=input_example,
-                                        metadata=dict(metadata), serialization_format="pt2",
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        model = model.eval().cpu()
+        with tempfile.TemporaryDirectory() as tmp:
+            state_path = Path(tmp) / STATE_DICT_FILE
+            torch.save(model.state_dict(), state_path)
+            info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+                                            metadata=dict(metadata), serialization_format="pt2",
+                                            extra_files=[str(state_path)],
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         mlflow.set_tag("medtl.model_uri", info.model_uri)
         return info.model_uri
 

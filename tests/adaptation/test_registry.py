@@ -25,10 +25,13 @@ def test_the_issue_methods_are_registered() -> None:
 @pytest.mark.parametrize("name", list_adaptations())
 def test_every_method_gives_a_finite_scalar_loss(name: str) -> None:
     method = build_adaptation(name, num_features=FEATURES)
-    loss = method.loss(_batch())
+    batch = _batch()
+    loss = method.loss(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    if method.needs_target:  # the loss reaches the features it aligns
+    if method.needs_target:  # the loss reaches the target side it aligns
         loss.backward()
+        grads = [t.grad for t in (batch.target_features, batch.target_logits) if t.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("name", ["none", "adabn", "target_oracle"])
@@ -60,3 +63,8 @@ def test_unknown_method_and_unknown_option_are_user_errors() -> None:
         build_adaptation("dann", num_features=FEATURES, options={"hiden": 64})
     with pytest.raises(MedtlError, match="adaptation.method='x'"):
         create_adaptation("x")
+
+
+def test_entropy_cannot_stack_on_the_oracle() -> None:
+    with pytest.raises(MedtlError, match="cannot stack on 'target_oracle'"):
+        build_adaptation("target_oracle", num_features=FEATURES, entropy_weight=0.1)

@@ -66,13 +66,6 @@ def test_every_method_trains_and_logs_both_domains(method: str, da_overrides: li
         assert 0.0 <= run.data.metrics["domain_discriminator_accuracy"] <= 1.0
 
 
-def test_target_oracle_and_source_only_train_on_different_images(da_overrides: list[str]) -> None:
-    """The oracle's training images are the target's adapt patients, so its source AUROC differs."""
-    none = train(compose_config([*da_overrides, "adaptation=none", "tracking.experiment=a"]))
-    oracle = train(compose_config([*da_overrides, "adaptation=target_oracle", "tracking.experiment=b"]))
-    assert none["target_auroc"] != pytest.approx(oracle["target_auroc"])
-
-
 def test_entropy_stacks_on_another_method(da_overrides: list[str]) -> None:
     cfg = compose_config([*da_overrides, "adaptation=coral", "adaptation.entropy_weight=0.1"])
     train(cfg)

@@ -27,3 +27,20 @@ def test_four_class_linear_probe_on_300_images(tmp_path: Path) -> None:
     preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
     assert list(preds.columns) == ["path", "label", "pred", "score_glioma", "score_meningioma", "score_notumor",
                                    "score_pituitary"]
+
+
+def test_brain_mri_da_tumour_vs_no_tumour_with_adabn_on_a_simulated_site(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose_config(["+experiment=brain_mri_da", f"data.source={BRAIN / 'train'}", "adaptation=adabn",
+                          "model.strategy=linear_probe", "data.max_images=300", "data.image_size=96",
+                          f"data.sites_dir={tmp_path / 'sites'}", "data.target_simulation.fraction=0.1",
+                          "trainer.progress=false", f"tracking.uri={uri}", "tracking.log_model=false"])
+    metrics = train(cfg)
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["brain_mri_da"], output_format="list")[0]
+    assert run.data.params["n_images.target_test.tumour"] != "0" and "n_images.target_test.no_tumour" in run.data.params
+    assert metrics["auroc"] > 0.85 and metrics["target_auroc"] > 0.6, metrics
+    assert 0.0 <= metrics["adapt_seconds"] < 60
+    target = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                             artifact_path="target_predictions.csv"))
+    assert set(target["label"]) == {"tumour", "no_tumour"} and list(target.columns) == ["path", "label", "score", "pred"]
