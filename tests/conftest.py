@@ -40,15 +40,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def small_demo_overrides(demo_cache: Path) -> list[str]:
+    """Overrides that point a run at the session's small demo set (:data:`SMALL_DEMO`, written once)."""
+    return [f"data.demo_dir={demo_cache}", f"data.demo.n_patients={SMALL_DEMO.n_patients}",
+            f"data.demo.image_size={SMALL_DEMO.image_size}", f"data.demo.seed={SMALL_DEMO.seed}"]
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path: Path, demo_cache: Path) -> list[str]:
     """Overrides that make a chest_xray run take seconds: tiny images, two epochs, tmp MLflow store."""
     return [
         "+experiment=chest_xray",
-        f"data.demo_dir={demo_cache}",
-        f"data.demo.n_patients={SMALL_DEMO.n_patients}",
-        f"data.demo.image_size={SMALL_DEMO.image_size}",
-        f"data.demo.seed={SMALL_DEMO.seed}",
+        *small_demo_overrides(demo_cache),
         "data.image_size=64",
         "data.batch_size=16",
         "data.cache_workers=1",

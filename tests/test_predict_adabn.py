@@ -14,7 +14,7 @@ from medtl.data.shift import shift_for, write_shifted_site
 from medtl.errors import MedtlError
 from medtl.predict import predict
 from medtl.train import train
-from tests.conftest import SMALL_DEMO, compose_config
+from tests.conftest import compose_config, small_demo_overrides
 
 
 @pytest.fixture
@@ -30,8 +30,7 @@ def site_folder(tmp_path: Path, demo_manifest: Path) -> Path:
 def adabn_run(tmp_path: Path, demo_cache: Path, site_folder: Path) -> dict:
     cfg = compose_config([
         "+experiment=chest_xray_da", "adaptation=adabn", f"data.target={site_folder}",
-        f"data.demo_dir={demo_cache}", f"data.demo.n_patients={SMALL_DEMO.n_patients}",
-        f"data.demo.image_size={SMALL_DEMO.image_size}", f"data.demo.seed={SMALL_DEMO.seed}",
+        *small_demo_overrides(demo_cache),
         "data.image_size=48", "data.batch_size=8", "data.cache_workers=1", "data.check=false",
         "trainer.max_epochs=1", "trainer.max_steps_per_epoch=3", "trainer.progress=false",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])

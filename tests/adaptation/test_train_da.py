@@ -11,17 +11,14 @@ import pytest
 from medtl.adaptation import list_adaptations
 from medtl.errors import MedtlError
 from medtl.train import train
-from tests.conftest import SMALL_DEMO, compose_config
+from tests.conftest import compose_config, small_demo_overrides
 
 
 @pytest.fixture
 def da_overrides(tmp_path: Path, demo_cache: Path) -> list[str]:
     return [
         "+experiment=chest_xray_da",
-        f"data.demo_dir={demo_cache}",
-        f"data.demo.n_patients={SMALL_DEMO.n_patients}",
-        f"data.demo.image_size={SMALL_DEMO.image_size}",
-        f"data.demo.seed={SMALL_DEMO.seed}",
+        *small_demo_overrides(demo_cache),
         f"data.sites_dir={demo_cache / 'sites'}",
         "data.target_simulation.fraction=0.4",
         "data.image_size=48",

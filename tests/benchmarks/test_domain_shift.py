@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import SMALL_DEMO
+from tests.conftest import small_demo_overrides
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "domain_shift.py"
 
@@ -54,8 +54,7 @@ def test_smoke_run_writes_table_plot_and_runs(tmp_path: Path, demo_cache: Path) 
     module.main(["--severities", "strong", "--seeds", "0", "--methods", "none", "adabn", "coral", "target_oracle",
                  "--image-size", "32", "--epochs", "1", "--oracle-epochs", "1", "--results-dir", str(tmp_path),
                  "--out-name", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--cache", "none",
-                 f"data.demo_dir={demo_cache}", f"data.demo.n_patients={SMALL_DEMO.n_patients}",
-                 f"data.demo.image_size={SMALL_DEMO.image_size}", f"data.demo.seed={SMALL_DEMO.seed}",
+                 *small_demo_overrides(demo_cache),
                  f"data.sites_dir={demo_cache / 'sites'}", "data.target_simulation.fraction=0.4",
                  "trainer.max_steps_per_epoch=2", "data.batch_size=8"])
     results = json.loads((tmp_path / "smoke.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.conftest import SMALL_DEMO
+from tests.conftest import small_demo_overrides
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
 
@@ -38,8 +38,7 @@ def test_smoke_run_writes_table_plot_and_runs(tmp_path: Path, demo_cache: Path) 
     module.main(["--fractions", "0.5", "1.0", "--seeds", "0", "--strategies", "linear_probe", "scratch",
                  "--image-size", "32", "--results-dir", str(tmp_path), "--out-name", "smoke",
                  "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                 f"data.demo_dir={demo_cache}", f"data.demo.n_patients={SMALL_DEMO.n_patients}",
-                 f"data.demo.image_size={SMALL_DEMO.image_size}", f"data.demo.seed={SMALL_DEMO.seed}",
+                 *small_demo_overrides(demo_cache),
                  f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", "trainer.features.epochs=2"])
     results = json.loads((tmp_path / "smoke.json").read_text())
     runs = results["runs"]
