@@ -1,23 +1,17 @@
 """The domain-shift benchmark: gap arithmetic, the source-only rows taken from AdaBN runs, a smoke run."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.benchmarks import load_benchmark
 from tests.conftest import small_demo_overrides
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "domain_shift.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("domain_shift", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load_script():  # noqa: ANN202
+    return load_benchmark("domain_shift")
 
 
 def _runs(target: dict[str, list[float]], source: dict[str, list[float]]) -> pd.DataFrame:

@@ -1,22 +1,16 @@
 """The label-efficiency benchmark runs end to end on the demo data (tiny settings) and writes its outputs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from tests.benchmarks import load_benchmark
 from tests.conftest import small_demo_overrides
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "label_efficiency.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("label_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load_script():  # noqa: ANN202
+    return load_benchmark("label_efficiency")
 
 
 def test_fewer_labels_get_more_epochs_up_to_the_cap() -> None:
