@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of every source-trained run")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of every source-trained run")
     parser.add_argument("--oracle-epochs", type=int, default=8, help="epochs of target_oracle (fewer images)")
     parser.add_argument("--cache", default="disk", help="data.cache: disk decodes each image once for all runs")
     parser.add_argument("--out-name", default=None, help="results file stem (default domain_shift_<experiment>)")
@@ -156,7 +156,8 @@ def write_results(args: argparse.Namespace, argv: list[str], runs: pd.DataFrame,
     out.mkdir(parents=True, exist_ok=True)
     machine, commit = machine_description(), git_commit(HERE)
     settings = (f"{args.experiment}, {args.image_size} px, commit {commit}; {args.epochs} epochs "
-                f"(target_oracle {args.oracle_epochs}); seeds {args.seeds}")
+                f"(target_oracle {args.oracle_epochs}); seeds {args.seeds}"
+                + (f"; overrides {' '.join(args.overrides)}" if args.overrides else ""))
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "commit": commit, "settings": settings,
                                                   "data": args.data, "argv": argv or [],
                                                   "runs": runs.to_dict("records")}, indent=2, default=float))
