@@ -35,7 +35,7 @@ from medtl.engine.loop import predict_loader, resolve_device
 from medtl.errors import MedtlError, exit_on_user_error
 from medtl.models import TransferModel, build_classifier
 from medtl.models.registry import WeightsInfo
-from medtl.tracking.mlflow_tracker import STATE_DICT_FILE
+from medtl.models.loading import STATE_DICT_FILE, check_model_folder, load_exported_model, load_state_dict
 
 __all__ = ["predict", "load_model", "adapt_batchnorm", "input_frame", "main"]
 
@@ -84,7 +84,8 @@ def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.de
 def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, dict]:
     """Fetch an MLflow model (URI or local folder); return the module and medtl's metadata.
 
-    Only models saved in MLflow's ``pt2`` format (``torch.export``, no pickle) are loaded. With ``eager``
+    Only models saved in MLflow's ``pt2`` format (``torch.export``, no pickle) are loaded, from a folder that
+    holds no pickle-bearing file (:func:`medtl.models.loading.check_model_folder`). With ``eager``
     the module is rebuilt from the metadata and the tensors-only ``extra_files/state_dict.pt`` instead
     (an ``nn.Module`` whose BatchNorm layers can be re-estimated).
     """
@@ -94,16 +95,14 @@ def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, d
         local = _download(ref, tracking_uri, tmp)
         if not (local / "MLmodel").is_file():
             raise MedtlError(f"model '{ref}' has no MLmodel file; pass the model folder itself (the one with MLmodel)")
-        if not list((local / "data").glob("*.pt2")):
-            raise MedtlError(f"model '{ref}' is not in MLflow's pt2 format; medtl does not unpickle models, "
-                             "re-log it with serialization_format='pt2'")
+        check_model_folder(local, ref)
         meta = Model.load(str(local / "MLmodel")).metadata or {}
         if "classes" not in meta:
             raise MedtlError(f"model '{ref}' has no medtl metadata (classes, image_size...); "
                              "use a model logged by medtl.train")
         if eager:
             return _eager_model(local, meta, ref), meta
-        return mlflow.pytorch.load_model(str(local)), meta
+        return load_exported_model(local, ref), meta
 
 
 def _eager_model(local: Path, meta: dict, ref: str) -> TransferModel:
@@ -115,7 +114,7 @@ def _eager_model(local: Path, meta: dict, ref: str) -> TransferModel:
     model = build_classifier(arch["encoder"], "scratch", int(arch["num_classes"]), weights=None,
                              in_channels=int(arch["in_channels"]), image_size=int(arch["image_size"]),
                              grey_input=str(arch["grey_input"]))
-    model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_state_dict(state_path, ref))
     return model.eval()
 
 

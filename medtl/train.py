@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
-from medtl import CONFIG_DIR
+from medtl import CONFIG_MODULE
 from medtl.adaptation import AdaptationMethod
 from medtl.data import ImageClassificationData
 from medtl.data.domains import run_loaders
@@ -127,7 +127,7 @@ def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str
         print(f"model: {model_uri}  (python -m medtl.predict model={model_uri} input=<folder> output=preds.csv)")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns validation AUROC so ``-m`` sweepers can optimise it."""

@@ -18,11 +18,12 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from medtl.models.loading import STATE_DICT_FILE
+
 __all__ = ["MlflowTracker", "flatten_config", "MAX_PARAM_LENGTH", "STATE_DICT_FILE"]
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 500  # the strictest MLflow backends' limit; the full config is an artefact
-STATE_DICT_FILE = "state_dict.pt"  # the eager weights, inside the logged model's extra_files/
 
 
 class MlflowTracker:
