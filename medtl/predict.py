@@ -9,6 +9,7 @@ a model delivered from one site adapts to a folder of another site's images with
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from medtl import CONFIG_DIR
 from medtl.atomic import write_csv_atomic
 from medtl.adaptation.adabn import recompute_batchnorm_statistics
-from medtl.data.manifest import list_images, manifest_from_tree, read_manifest
-from medtl.data.readers import DicomOptions
+from medtl.data.inventory import SKIPPED, Inventory, scan_folder
+from medtl.data.manifest import read_manifest, scan_tree
+from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions
 from medtl.data.transforms import IntensityConfig, eval_transforms
 from medtl.engine.evaluation import predictions_frame
 from medtl.engine.loop import predict_loader, resolve_device
+from medtl.config_schema import validate_predict_config
 from medtl.errors import MedtlError, exit_on_user_error
 from medtl.models import TransferModel, build_classifier
 from medtl.models.registry import WeightsInfo
@@ -48,16 +51,19 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     for key in ("model", "input", "output"):
         if OmegaConf.is_missing(cfg, key):
             raise MedtlError(f"set {key}=...; usage: python -m medtl.predict model=<uri|dir> input=<images> output=<csv>")
+    validate_predict_config(cfg)
     adaptation = str(cfg.get("adaptation", "none"))
     if adaptation not in ("none", "adabn"):
         raise MedtlError(f"adaptation={adaptation} is not available at prediction time; use none or adabn")
     model, meta = load_model(str(cfg.model), cfg.tracking_uri, eager=adaptation == "adabn")
-    frame = input_frame(str(cfg.input))
+    frame, inventory = input_frame(str(cfg.input))
+    _report_inputs(inventory, Path(cfg.output))
     classes = list(meta["classes"])
     weights = WeightsInfo(source=str(meta.get("encoder_weights", "")), mean=tuple(meta["mean"]),
                           std=tuple(meta["std"]), in_channels=int(meta["in_channels"]))
     transform = eval_transforms(int(meta["image_size"]), weights, IntensityConfig(**meta["intensity"]),
-                                DicomOptions(**meta.get("dicom", {})))
+                                DicomOptions(**meta.get("dicom", {})),
+                                max_pixels=int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
     items = [{"image": p, "path": p} for p in frame["path"]]
     loader = DataLoader(Dataset(items, transform), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     device = resolve_device(cfg.device)
@@ -127,17 +133,32 @@ def _download(ref: str, tracking_uri: str, destination: str) -> Path:
                          "pass a models:/ or runs:/ URI shown by medtl.train, or a local model folder") from exc
 
 
-def input_frame(source: str) -> pd.DataFrame:
-    """Rows with ``path`` (and ``label`` when the input carries one) from a CSV, a tree or a plain folder."""
+def input_frame(source: str) -> tuple[pd.DataFrame, Inventory]:
+    """Rows with ``path`` (and ``label`` when the input carries one) from a CSV, a tree or a plain folder, and
+    the inventory of every file found: each input is predicted, or skipped or refused with its reason."""
     path = Path(source)
     if path.suffix.lower() == ".csv":
-        return read_manifest(path, required=("path",))
+        frame = read_manifest(path, required=("path",), allow_outside_root=True)
+        return frame, Inventory(used=[Path(p) for p in frame["path"]])
     if not path.is_dir():
         raise MedtlError(f"input {path} does not exist; pass a folder of images, a class-per-folder tree or a manifest CSV")
-    images = list_images(path)
-    if images:
-        return pd.DataFrame({"path": [str(p.resolve()) for p in images]})
-    return manifest_from_tree(path)
+    plain = scan_folder(path)
+    if plain.used:
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            plain.add(sub, SKIPPED, "a sub-folder of a folder of images; predict it on its own")
+        return pd.DataFrame({"path": [os.path.abspath(p) for p in plain.used]}), plain
+    frame, inventory = scan_tree(path, allow_outside_root=True)
+    inventory.others = plain.others + [o for o in inventory.others if o["reason"] != "not inside a class folder"]
+    return frame, inventory
+
+
+def _report_inputs(inventory: Inventory, output: Path) -> None:
+    """Print what happened to every input file; list the ones not predicted beside the output CSV."""
+    print(f"inputs: {inventory.summary()}")
+    if inventory.others:
+        listing = output.with_name(output.stem + "_skipped.csv")
+        write_csv_atomic(inventory.frame(), listing)
+        print(f"files not predicted, with the reason: {listing}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "predict"), config_name="predict")

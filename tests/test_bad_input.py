@@ -33,7 +33,7 @@ def test_empty_folder(tmp_path: Path) -> None:
 def test_single_class(tmp_path: Path, write_png) -> None:
     for i in range(10):
         write_png(tmp_path / "NORMAL" / f"img{i}.png", seed=i)
-    with pytest.raises(MedtlError, match="single class"):
+    with pytest.raises(MedtlError, match=r"data.positive_class='PNEUMONIA' is not among the labels \['NORMAL'\]"):
         run_train([f"data.root={tmp_path}"])
 
 

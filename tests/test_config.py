@@ -22,7 +22,7 @@ def test_experiment_composes_and_instantiates(experiment: str) -> None:
     assert data.image_size == 64
     model = instantiate(cfg.model, num_classes=2)
     assert model.strategy.name == cfg.model.strategy
-    assert instantiate(cfg.trainer, checkpoint_path=None).max_epochs == cfg.trainer.max_epochs
+    assert instantiate(cfg.trainer).max_epochs == cfg.trainer.max_epochs
     method = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
     assert method.method_name == cfg.adaptation.method
 
@@ -53,7 +53,7 @@ def test_brain_mri_da_without_the_shared_data_names_the_source_key(tmp_path) -> 
 def test_overrides_reach_the_objects() -> None:
     cfg = compose_config(["+experiment=chest_xray", "model.strategy=finetune", "trainer.lr=0.01",
                           "data.val_fraction=0.3", "model.image_size=96"])
-    assert instantiate(cfg.trainer, checkpoint_path=None).lr == 0.01
+    assert instantiate(cfg.trainer).lr == 0.01
     assert instantiate(cfg.data).val_fraction == 0.3
     assert instantiate(cfg.model, num_classes=2).strategy.train_encoder
 

@@ -63,7 +63,7 @@ def test_predict_adabn_matches_the_training_run_and_differs_from_plain(adabn_run
 
 def test_predict_refuses_training_methods_and_models_without_eager_weights(adabn_run: dict, site_folder: Path,
                                                                             tmp_path: Path) -> None:
-    with pytest.raises(MedtlError, match="adaptation=dann is not available at prediction time"):
+    with pytest.raises(MedtlError, match="config key adaptation='dann' is not allowed; use one of none, adabn"):
         _predict(adabn_run, site_folder, tmp_path / "x.csv", "dann")
     local = Path(mlflow.artifacts.download_artifacts(adabn_run["run"].data.tags["medtl.model_uri"],
                                                      dst_path=str(tmp_path / "model")))

@@ -25,7 +25,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from medtl.atomic import write_text_atomic
-from medtl.data.readers import DicomOptions, LoadRadiograph
+from medtl.data.inventory import Inventory, sniff
+from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiograph
 from medtl.engine.metrics import auroc
 from medtl.errors import MedtlError, exit_on_user_error
 
@@ -69,6 +70,8 @@ class CheckReport:
     shortcut_auroc: float | None
     sizes: dict[str, int]
     photometric: dict[str, int]
+    inputs: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,20 +102,30 @@ def inspect_image(path: str, loader: LoadRadiograph) -> ImageFacts:
 
 
 def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe: bool = True,
-                progress: bool = True) -> tuple[CheckReport, list[ImageFacts]]:
-    """Check a manifest frame (``path, label, patient_id[, split]``); return the report and per-image facts."""
-    loader = LoadRadiograph(dicom)
-    facts = [inspect_image(p, loader) for p in tqdm(frame["path"], desc="data check: reading", unit="image",
-                                                     disable=not progress)]
-    frame = frame.assign(split=frame["split"] if "split" in frame.columns else "train").reset_index(drop=True)
+                progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                inventory: Inventory | None = None) -> tuple[CheckReport, list[ImageFacts]]:
+    """Check a manifest frame (``path, label, patient_id[, split]``); return the report and per-image facts.
+
+    Without a ``split`` column, duplicates shared by two patients are warned about: the patient-level split
+    that training makes could put one copy on each side. ``inventory`` (the files a tree held besides its
+    images) is reported with the counts.
+    """
+    loader = LoadRadiograph(dicom, max_pixels)
+    paths = frame["path"].drop_duplicates()
+    read = {p: inspect_image(p, loader) for p in tqdm(paths, desc="data check: reading", unit="image",
+                                                       disable=not progress)}
+    has_split = "split" in frame.columns
+    frame = frame.assign(split=frame["split"] if has_split else "train").reset_index(drop=True)
+    facts = [read[p] for p in frame["path"]]
     good = [i for i, f in enumerate(facts) if f.readable]
     exact = _group_by(frame, facts, good, key=lambda f: f.pixel_hash)
     near = _near_duplicate_pairs(frame, facts, good)
     leaks = _split_leaks(frame, exact)
-    problems = _problems(frame, facts, leaks)
+    problems = _problems(frame, facts, leaks) + _row_problems(frame, exact)
     shortcut = _shortcut_probe(frame.iloc[good], [facts[i] for i in good]) if probe else None
     warnings = [f"near-duplicate {leak} (may be a false match: look at them)" for leak in _split_leaks(frame, near)
                 if leak.startswith("duplicate")]
+    warnings += [] if has_split else _cross_patient_duplicates(frame, exact)
     warnings += [] if shortcut is None or shortcut <= SHORTCUT_WARNING_AUROC else [
         f"shortcut probe AUROC {shortcut:.3f} > {SHORTCUT_WARNING_AUROC}: label-free image properties (size, "
         "intensity histogram, borders, acquisition tags) predict the label; a model may learn where images came "
@@ -122,8 +135,35 @@ def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe
         counts=_counts(frame), unreadable=[{"path": f.path, "reason": f.reason} for f in facts if not f.readable],
         exact_duplicates=exact, near_duplicates=near, leaks=leaks, problems=problems, warnings=warnings,
         shortcut_auroc=shortcut, sizes=pd.Series([f"{f.height}x{f.width}" for f in readable]).value_counts().to_dict(),
-        photometric=pd.Series([f.tags.get("PhotometricInterpretation", "non-DICOM") for f in readable]).value_counts().to_dict())
+        photometric=pd.Series([f.tags.get("PhotometricInterpretation", "non-DICOM") for f in readable]).value_counts().to_dict(),
+        inputs=(inventory if inventory is not None else Inventory(used=list(paths))).counts(),
+        skipped=inventory.others if inventory is not None else [])
     return report, facts
+
+
+def _row_problems(frame: pd.DataFrame, exact: list[list[str]]) -> list[str]:
+    """A file listed twice, listed under two labels, or the same pixels under two labels."""
+    problems = []
+    for path, group in frame.groupby("path"):
+        labels = sorted(set(group["label"]))
+        if len(labels) > 1:
+            problems.append(f"{path} is listed under {len(labels)} labels {labels}: decide on one")
+        elif len(group) > 1:
+            problems.append(f"{path} is listed {len(group)} times (rows {', '.join(str(i + 2) for i in group.index)}): "
+                            "drop the copies")
+    label_of = frame.groupby("path")["label"].first().to_dict()
+    for paths in exact:
+        labels = sorted({label_of[p] for p in paths})
+        if len(labels) > 1:
+            problems.append(f"identical images under labels {labels}: {', '.join(paths[:3])}")
+    return problems
+
+
+def _cross_patient_duplicates(frame: pd.DataFrame, exact: list[list[str]]) -> list[str]:
+    patient_of = frame.groupby("path")["patient_id"].first().to_dict()
+    return [f"identical images of different patients {sorted({patient_of[p] for p in paths})[:3]}: a patient-level "
+            f"split could put them on both sides (no split column): {', '.join(paths[:3])}"
+            for paths in exact if len({patient_of[p] for p in paths}) > 1]
 
 
 def _unit_range(image: np.ndarray) -> np.ndarray:
@@ -149,7 +189,7 @@ def _image_features(unit: np.ndarray, height: int, width: int) -> dict[str, floa
 
 
 def _acquisition_tags(path: str) -> dict[str, str]:
-    if not path.lower().endswith((".dcm", ".dicom")):
+    if sniff(path) != "dicom":
         return {}
     header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(ACQUISITION_TAGS))
     return {tag: str(header.get(tag, "")) for tag in ACQUISITION_TAGS if header.get(tag) is not None}
@@ -223,11 +263,13 @@ def _shortcut_probe(frame: pd.DataFrame, facts: list[ImageFacts]) -> float | Non
 
 
 def format_report(report: CheckReport) -> str:
-    lines = ["medtl data check", "counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()),
+    lines = ["medtl data check", "inputs: " + ", ".join(f"{k.split('.')[1]}={v}" for k, v in report.inputs.items()),
+             "counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()),
              f"image sizes: {dict(list(report.sizes.items())[:5])}", f"photometric: {report.photometric}",
              f"unreadable: {len(report.unreadable)}, exact duplicate groups: {len(report.exact_duplicates)}, "
              f"near-duplicate pairs: {len(report.near_duplicates)}",
              "shortcut probe AUROC: " + ("n/a" if report.shortcut_auroc is None else f"{report.shortcut_auroc:.3f}")]
+    lines += _capped("SKIPPED", [f"{s['path']}: {s['status']}, {s['reason']}" for s in report.skipped])
     lines += _capped("PROBLEM", report.problems) + _capped("WARNING", report.warnings)
     lines.append("OK: nothing found that would corrupt training or evaluation" if report.ok else
                  f"FAILED: {len(report.problems)} problem(s)")
@@ -241,20 +283,21 @@ def _capped(kind: str, messages: list[str]) -> list[str]:
     return lines
 
 
-def _frame_from_args(args: Sequence[str]) -> tuple[pd.DataFrame, DicomOptions]:
+def _frame_from_args(args: Sequence[str]) -> tuple[pd.DataFrame, Any]:
     from medtl.data.manifest import read_manifest
 
     if len(args) == 1 and args[0].lower().endswith(".csv"):
-        return read_manifest(args[0]), DicomOptions()
-    from hydra import compose, initialize_config_dir
+        return read_manifest(args[0]), None
+    from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    from medtl import CONFIG_DIR
+    from medtl.config_schema import validate_config
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module(config_module="medtl.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(args))
+    validate_config(cfg)
     data = instantiate(cfg.data)
-    return data.setup(validate=False), data.dicom
+    return data.setup(validate=False), data
 
 
 @exit_on_user_error
@@ -264,8 +307,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = [a for a in args if not a.startswith("--out=")]
     if not args:
         raise MedtlError("usage: python -m medtl.data.check <manifest.csv | Hydra overrides> [--out=report.json]")
-    frame, dicom = _frame_from_args(args)
-    report, _ = check_frame(frame, dicom)
+    frame, data = _frame_from_args(args)
+    if data is None:
+        report, _ = check_frame(frame)
+    else:
+        report, _ = check_frame(frame, data.dicom, max_pixels=data.max_pixels, inventory=data.inventory)
     print(format_report(report))
     if out:
         write_text_atomic(out, report.to_json())

@@ -10,18 +10,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset
 
 from medtl.data.check import CheckReport, check_frame
 from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
-from medtl.data.manifest import manifest_from_tree, read_manifest
-from medtl.data.readers import DicomOptions
+from medtl.data.cache import CheckedPersistentDataset
+from medtl.data.inventory import REFUSED, Inventory
+from medtl.data.manifest import read_manifest, scan_tree
+from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions
 from medtl.data.split import assign_validation_split, subsample_patients
 from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
 from medtl.errors import MedtlError, find_user_error
 from medtl.models.registry import WeightsInfo
 
-__all__ = ["ImageClassificationData", "load_source_frame", "class_order", "apply_label_map"]
+__all__ = ["ImageClassificationData", "load_source_frame", "class_order", "apply_label_map", "check_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ class ImageClassificationData:
         positive_class: for two classes, the class whose probability is the score.
         max_images: keep about this many images (whole patients, labels in proportion).
         label_map: rename labels (e.g. several tumour types to ``tumour``); every label must be a key.
+        classes: the class names the data must have; any other label stops the run, naming it and its rows.
+            When null, ``positive_class`` makes the task binary: exactly two labels, one of them it.
+        max_pixels: a file declaring more pixels is refused before it is decoded.
+        allow_outside_root: let manifest paths and tree links point outside the data's folder.
     """
 
     def __init__(self, root: str | None = None, manifest: str | None = None, demo: dict | None = None,
@@ -47,7 +53,9 @@ class ImageClassificationData:
                  cache_workers: int = 2,
                  intensity: dict | None = None, augment: dict | None = None, dicom: dict | None = None,
                  check: bool = True, on_error: str = "raise", train_fraction: float = 1.0,
-                 train_subset_seed: int = 0, label_map: dict[str, str] | None = None) -> None:
+                 train_subset_seed: int = 0, label_map: dict[str, str] | None = None,
+                 classes: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow_outside_root: bool = False) -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
@@ -65,7 +73,10 @@ class ImageClassificationData:
             raise MedtlError(f"data.train_fraction={train_fraction} must be in (0, 1]")
         self.train_fraction, self.train_subset_seed = train_fraction, train_subset_seed
         self.label_map = dict(label_map) if label_map else None
-        self.skipped = pd.DataFrame(columns=["path", "reason"])
+        self.expected_classes = [str(c) for c in classes] if classes else None
+        self.max_pixels, self.allow_outside_root = int(max_pixels), bool(allow_outside_root)
+        self.inventory = Inventory()
+        self.skipped = pd.DataFrame(columns=["path", "status", "reason"])
         self.frame: pd.DataFrame | None = None
         self.classes: list[str] = []
 
@@ -96,9 +107,21 @@ class ImageClassificationData:
         return frame
 
     def _load_frame(self) -> pd.DataFrame:
-        """The labelled source frame, labels mapped through ``label_map``."""
-        frame = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir, self.patient_id_patterns)
-        return apply_label_map(frame, self.label_map, "data.label_map")
+        """The labelled source frame, labels mapped through ``label_map`` and checked against the expected classes;
+        every file of a tree that is not used is in ``self.inventory`` (and, with ``on_error=raise``, a refused
+        path stops the run)."""
+        frame, self.inventory = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir,
+                                                  self.patient_id_patterns, self.allow_outside_root)
+        refused = [o for o in self.inventory.others if o["status"] == REFUSED]
+        if refused and self.on_error == "raise":
+            raise MedtlError(f"{len(refused)} path(s) refused under the data folder, first: {refused[0]['path']}: "
+                             f"{refused[0]['reason']} (or set data.on_error=skip to train without them)")
+        if self.inventory.others:
+            log.warning("data: %s; listed in skipped_files.csv", self.inventory.summary())
+            self.skipped = pd.concat([self.skipped, self.inventory.frame()], ignore_index=True)
+        frame = apply_label_map(frame, self.label_map, "data.label_map")
+        check_labels(frame, self.expected_classes, self.positive_class, self.manifest or self.root or "the demo")
+        return frame
 
     def run_checks(self) -> CheckReport | None:
         """Read every image once (``medtl.data.check``) and apply ``on_error`` to unreadable ones.
@@ -109,14 +132,15 @@ class ImageClassificationData:
         if not self.check:
             return None
         frame = self._require_setup()
-        report, _ = check_frame(frame, self.dicom, progress=True)
+        report, _ = check_frame(frame, self.dicom, progress=True, max_pixels=self.max_pixels, inventory=self.inventory)
         if report.unreadable and self.on_error == "raise":
             raise MedtlError(f"{len(report.unreadable)} unreadable image(s), first: {report.unreadable[0]['reason']} "
                              "(or set data.on_error=skip to train without them)")
         if report.unreadable:
-            self.skipped = pd.DataFrame(report.unreadable)
-            log.warning("skipping %d unreadable image(s); listed in skipped_files.csv", len(self.skipped))
-            self.frame = frame[~frame["path"].isin(self.skipped["path"])].reset_index(drop=True)
+            unreadable = pd.DataFrame(report.unreadable).assign(status="unreadable")
+            self.skipped = pd.concat([self.skipped, unreadable], ignore_index=True)
+            log.warning("skipping %d unreadable image(s); listed in skipped_files.csv", len(unreadable))
+            self.frame = frame[~frame["path"].isin(unreadable["path"])].reset_index(drop=True)
             self.classes = class_order(self.frame.loc[self.frame["split"] == "train", "label"], self.positive_class)
             _check_val_labels(self.frame, self.classes)
         for message in report.problems + report.warnings:
@@ -129,8 +153,9 @@ class ImageClassificationData:
         return 1 if len(self.classes) == 2 else None
 
     def summary(self) -> dict[str, int]:
-        """Image and patient counts per split and class (no identifiers)."""
-        return self.summary_of(self._require_setup())
+        """Image and patient counts per split and class, and what happened to every input file (no identifiers)."""
+        unreadable = int(self.skipped["status"].eq("unreadable").sum()) if len(self.skipped) else 0
+        return {**self.summary_of(self._require_setup()), **self.inventory.counts(), "inputs.unreadable": unreadable}
 
     @staticmethod
     def summary_of(frame: pd.DataFrame) -> dict[str, int]:
@@ -151,8 +176,9 @@ class ImageClassificationData:
         """Training (random affine + noise after the cached deterministic part) or evaluation transforms."""
         storage = np.float16 if self.cache == "disk" else np.float32
         if augment:
-            return train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage)
-        return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage)
+            return train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage,
+                                    self.max_pixels)
+        return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage, self.max_pixels)
 
     def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
@@ -182,7 +208,7 @@ class ImageClassificationData:
                 raise
             raise user_error from None
 
-    def _persistent(self, items: list[dict[str, Any]], transform: Any, weights: WeightsInfo) -> PersistentDataset:
+    def _persistent(self, items: list[dict[str, Any]], transform: Any, weights: WeightsInfo) -> CheckedPersistentDataset:
         """A disk cache whose key covers the file (path, size, mtime) and every deterministic setting."""
         signature = (f"v2-float16|{self.image_size}|{asdict(self.intensity)}|{asdict(self.dicom)}|"
                      f"{weights.mean}|{weights.std}")
@@ -191,7 +217,7 @@ class ImageClassificationData:
             item["cache_key"] = f"{signature}|{stat.st_size}|{stat.st_mtime_ns}"
         cache_dir = Path(self.cache_dir).expanduser()
         cache_dir.mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(items, transform, cache_dir=cache_dir)
+        return CheckedPersistentDataset(items, transform, cache_dir=cache_dir)
 
     def _require_setup(self) -> pd.DataFrame:
         if self.frame is None:
@@ -200,16 +226,20 @@ class ImageClassificationData:
 
 
 def load_source_frame(root: str | None, manifest: str | None, demo: dict | None, demo_dir: str,
-                      patient_id_patterns: Sequence[str]) -> pd.DataFrame:
-    """The manifest frame of whichever source is configured: manifest, then root, then the demo."""
+                      patient_id_patterns: Sequence[str],
+                      allow_outside_root: bool = False) -> tuple[pd.DataFrame, Inventory]:
+    """The manifest frame of whichever source is configured (manifest, then root, then the demo) and the
+    inventory of the files a tree holds besides its images (empty for manifests: every row is used or refused)."""
     if manifest:
-        return read_manifest(manifest)
-    if root:
-        return manifest_from_tree(root, patient_id_patterns)
-    if demo is not None:
-        return read_manifest(ensure_demo_chest_xray(demo_dir, DemoSpec(**demo)))
-    raise MedtlError("no data source: set data.root=<class-per-folder tree> or data.manifest=<csv>, "
-                     "or run +experiment=chest_xray for the built-in demo")
+        frame = read_manifest(manifest, root=root, allow_outside_root=allow_outside_root)
+    elif root:
+        return scan_tree(root, patient_id_patterns, allow_outside_root)
+    elif demo is not None:
+        frame = read_manifest(ensure_demo_chest_xray(demo_dir, DemoSpec(**demo)))
+    else:
+        raise MedtlError("no data source: set data.root=<class-per-folder tree> or data.manifest=<csv>, "
+                         "or run +experiment=chest_xray for the built-in demo")
+    return frame, Inventory(used=[Path(p) for p in frame["path"].drop_duplicates()])
 
 
 def apply_label_map(frame: pd.DataFrame, label_map: dict[str, str] | None, key: str) -> pd.DataFrame:
@@ -221,6 +251,36 @@ def apply_label_map(frame: pd.DataFrame, label_map: dict[str, str] | None, key: 
     if unmapped:
         raise MedtlError(f"labels {unmapped} have no entry in {key}; add them (the map has {sorted(label_map)})")
     return frame.assign(label=[label_map.get(label, label) for label in frame["label"]])
+
+
+def check_labels(frame: pd.DataFrame, expected: Sequence[str] | None, positive_class: str | None, source: str) -> None:
+    """Stop before training when the labels are not the configured classes, naming the values and their rows.
+
+    ``expected`` lists every allowed class. Without it, a ``positive_class`` means a binary task: the positive
+    class and one other, the most frequent; any further label (``pneumonia `` beside ``PNEUMONIA``, ``COVID``)
+    is an error rather than a silent extra class.
+    """
+    counts = frame.loc[frame["label"] != "", "label"].value_counts()
+    if positive_class and positive_class not in counts.index:
+        raise MedtlError(f"data.positive_class='{positive_class}' is not among the labels {sorted(counts.index)} of "
+                         f"{source}; fix data.positive_class or the labels")
+    if expected:
+        unknown, wanted = [label for label in counts.index if label not in expected], f"data.classes={list(expected)}"
+    elif positive_class:
+        others = [label for label in counts.index if label != positive_class]
+        unknown, wanted = others[1:], f"a binary task ('{positive_class}' and '{others[0] if others else '?'}')"
+    else:
+        return
+    if unknown:
+        detail = "; ".join(f"'{label}' ({counts[label]} rows, first {_rows_of(frame, label)})" for label in sorted(unknown))
+        raise MedtlError(f"{source} has labels outside {wanted}: {detail}; fix the labels, map them with "
+                         "data.label_map, or list every class in data.classes")
+
+
+def _rows_of(frame: pd.DataFrame, label: str) -> str:
+    """Where ``label`` first occurs: its manifest row (counting the header, as a spreadsheet shows it) and path."""
+    first = frame.index[frame["label"] == label][0]
+    return f"row {first + 2}: {frame.at[first, 'path']}"
 
 
 def class_order(labels: pd.Series, positive_class: str | None) -> list[str]:

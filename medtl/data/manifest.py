@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.atomic import write_csv_atomic
+from medtl.data.inventory import IMAGE_SUFFIXES, SKIPPED, Inventory, check_path, describe_path, scan_folder
 from medtl.errors import MedtlError
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "manifest_from_tree",
+    "scan_tree",
     "list_images",
     "patient_id_from_name",
     "pseudonymise_patient_ids",
@@ -35,18 +39,22 @@ PSEUDONYM_KEY_ENV = "MEDTL_PSEUDONYM_KEY"
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 OPTIONAL_COLUMNS = ("split", "domain")
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 
 
-def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
+def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS, root: str | Path | None = None,
+                  allow_outside_root: bool = False) -> pd.DataFrame:
     """Read and validate a manifest CSV; return it with absolute ``path`` values.
 
+    Relative paths are relative to the manifest's folder and must stay inside ``root`` (the manifest's
+    folder by default; links are followed) unless ``allow_outside_root``; absolute paths are taken as written.
+
     Raises:
-        MedtlError: the file is missing or empty, a required column is missing, a cell is empty,
-            or a listed image does not exist.
+        MedtlError: the file is missing or empty, a required column is missing, a cell is empty, a listed
+            image does not exist, or a listed path must not be opened (FIFO, device, link loop, outside ``root``).
     """
     path = Path(path)
     if not path.is_file():
@@ -65,7 +73,8 @@ def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_COLUMNS) 
             raise MedtlError(f"manifest {path} row {empty[0] + 2} has an empty '{column}'; fill it in or drop the row")
     if frame.empty:
         raise MedtlError(f"manifest {path} lists no images; add rows or point data.manifest elsewhere")
-    frame["path"] = [str(_resolve(p, path.parent)) for p in frame["path"]]
+    base = Path(root).expanduser() if root else path.parent
+    frame["path"] = [_resolve_row(p, path, row, base, allow_outside_root) for row, p in enumerate(frame["path"], 2)]
     _check_files_exist(frame["path"], source=str(path))
     if "split" in frame.columns:
         frame["split"] = [_normalise_split(s, path) for s in frame["split"]]
@@ -80,38 +89,55 @@ def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     return write_csv_atomic(out, path)
 
 
-def manifest_from_tree(root: str | Path, patient_id_patterns: Sequence[str] = ()) -> pd.DataFrame:
-    """Build a manifest from a class-per-folder tree.
+def manifest_from_tree(root: str | Path, patient_id_patterns: Sequence[str] = (),
+                       allow_outside_root: bool = False) -> pd.DataFrame:
+    """Build a manifest from a class-per-folder tree; the files it does not use are logged (see :func:`scan_tree`)."""
+    frame, inventory = scan_tree(root, patient_id_patterns, allow_outside_root)
+    if inventory.others:
+        log.warning("%s: %s", root, inventory.summary())
+    return frame
+
+
+def scan_tree(root: str | Path, patient_id_patterns: Sequence[str] = (),
+              allow_outside_root: bool = False) -> tuple[pd.DataFrame, Inventory]:
+    """A manifest frame from a class-per-folder tree, and the inventory of every file under it.
 
     Two layouts are recognised: ``root/<CLASS>/<image>`` and ``root/<split>/<CLASS>/<image>``
     (split folders named train/val/test or their usual aliases). Patient ids come from the file
     name through ``patient_id_patterns`` (first regex whose group 1 matches); an image no pattern
-    matches is its own patient.
+    matches is its own patient. Files outside class folders, in sub-folders of a class folder, hidden
+    or not images are skipped with a reason; FIFOs, devices, bad links and links leaving ``root`` are refused.
     """
     root = Path(root)
     if not root.is_dir():
         raise MedtlError(f"data root {root} is not a folder; set data.root to a class-per-folder tree")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    inventory = _loose_files(root, root, "not inside a class folder", allow_outside_root)
+    class_dirs = _subfolders(root, inventory)
     split_dirs = [d for d in class_dirs if d.name.lower() in _SPLIT_ALIASES]
+    rows: list[dict[str, str | None]] = []
     if split_dirs and len(split_dirs) == len(class_dirs):
-        rows = [row for d in split_dirs for row in _rows_for_classes(d, _SPLIT_ALIASES[d.name.lower()],
-                                                                      patient_id_patterns)]
+        for split_dir in split_dirs:
+            inventory.extend(_loose_files(split_dir, root, "not inside a class folder", allow_outside_root))
+            rows += _rows_for_classes(split_dir, _SPLIT_ALIASES[split_dir.name.lower()], patient_id_patterns,
+                                      root, allow_outside_root, inventory)
     else:
-        rows = _rows_for_classes(root, None, patient_id_patterns)
+        rows = _rows_for_classes(root, None, patient_id_patterns, root, allow_outside_root, inventory)
     if not rows:
         raise MedtlError(
             f"data root {root} holds no images ({', '.join(IMAGE_SUFFIXES)}) in class folders; "
-            "expected root/<CLASS>/<image> or root/<split>/<CLASS>/<image>")
+            f"expected root/<CLASS>/<image> or root/<split>/<CLASS>/<image> ({inventory.summary()})")
     frame = pd.DataFrame(rows)
     if frame["split"].isna().all():
         frame = frame.drop(columns="split")
-    return frame
+    return frame, inventory
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: Path, allow_outside_root: bool = True) -> list[Path]:
+    """Image files directly inside ``folder`` (by content; see :func:`scan_folder`); the rest is logged."""
+    inventory = scan_folder(folder, folder, allow_outside_root)
+    if inventory.others and inventory.used:
+        log.warning("%s: %s", folder, inventory.summary())
+    return inventory.used
 
 
 def patient_id_from_name(file_name: str, patterns: Sequence[str]) -> str:
@@ -138,18 +164,51 @@ def pseudonymise_patient_ids(frame: pd.DataFrame, key: str | bytes) -> pd.DataFr
     return frame.assign(patient_id=frame["patient_id"].map(pseudonyms))
 
 
-def _rows_for_classes(folder: Path, split: str | None, patterns: Sequence[str]) -> list[dict[str, str | None]]:
+def _rows_for_classes(folder: Path, split: str | None, patterns: Sequence[str], root: Path,
+                      allow_outside_root: bool, inventory: Inventory) -> list[dict[str, str | None]]:
     rows: list[dict[str, str | None]] = []
-    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        for image in list_images(class_dir):
-            rows.append({"path": str(image.resolve()), "label": class_dir.name,
-                         "patient_id": patient_id_from_name(image.name, patterns), "split": split})
+    for class_dir in _subfolders(folder, inventory):
+        found = scan_folder(class_dir, root, allow_outside_root)
+        inventory.extend(found)
+        for sub in _subfolders(class_dir, inventory):
+            inventory.add(sub, SKIPPED, f"a folder inside class folder '{class_dir.name}'; only files directly "
+                          "inside a class folder are read")
+        rows += [{"path": os.path.abspath(image), "label": class_dir.name,
+                  "patient_id": patient_id_from_name(image.name, patterns), "split": split} for image in found.used]
     return rows
 
 
-def _resolve(path_text: str, base: Path) -> Path:
+def _subfolders(folder: Path, inventory: Inventory) -> list[Path]:
+    """Visible sub-folders (hidden ones are listed as skipped), sorted by name."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name)):
+        if entry.is_dir(follow_symlinks=True) and not entry.is_symlink():
+            if entry.name.startswith("."):
+                inventory.add(Path(entry.path), SKIPPED, "hidden folder")
+            else:
+                found.append(Path(entry.path))
+    return found
+
+
+def _loose_files(folder: Path, root: Path, reason: str, allow_outside_root: bool) -> Inventory:
+    """Files directly in ``folder`` where a class folder was expected: all reported, none used."""
+    inventory = Inventory()
+    loose = scan_folder(folder, root, allow_outside_root)
+    for entry in loose.others:
+        inventory.others.append(entry)
+    for path in loose.used:
+        inventory.add(path, SKIPPED, reason)
+    return inventory
+
+
+def _resolve_row(path_text: str, manifest: Path, row: int, base: Path, allow_outside_root: bool) -> str:
+    """A manifest cell as an absolute path (links left unresolved); refused by name when it must not be read."""
     path = Path(path_text).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+    absolute = Path(os.path.abspath(path if path.is_absolute() else manifest.parent / path))
+    reason = check_path(absolute, None if path.is_absolute() else base, allow_outside_root)
+    if reason is not None and "does not exist" not in reason and "cannot be accessed" not in reason:
+        raise MedtlError(f"manifest {manifest} row {row}: {describe_path(absolute)}: {reason}")
+    return str(absolute)
 
 
 def _relative_if_inside(path_text: str, base: Path) -> str:

@@ -5,6 +5,8 @@ image), never MONAI's default transposed ``(W, H)``, so saliency maps overlay wi
 """
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import warnings
 from collections.abc import Hashable, Mapping
@@ -16,12 +18,15 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.data import PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
+import pydicom
 from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
+from medtl.data.inventory import describe_path, require_readable, sniff
 from medtl.errors import MedtlError
 
-__all__ = ["DicomOptions", "RadiographDicomReader", "GreyPILReader", "LoadRadiograph", "LoadRadiographd"]
+__all__ = ["DicomOptions", "RadiographDicomReader", "GreyPILReader", "LoadRadiograph", "LoadRadiographd",
+           "DEFAULT_MAX_PIXELS"]
 
 # DICOM keywords used here (pydicom attribute names).
 PHOTOMETRIC_INTERPRETATION = "PhotometricInterpretation"
@@ -36,6 +41,8 @@ WINDOW_CENTER = "WindowCenter"
 WINDOW_WIDTH = "WindowWidth"
 COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+DEFAULT_MAX_PIXELS = 2**28  # data.max_pixels, 268M: 16,384 x 16,384, or 120 frames of 640 x 480 RGB; about 1 GB as float32
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L"
 
 # Projection radiographs (CR/DX) have no patient-space geometry; MONAI warns about it for every file.
@@ -73,19 +80,33 @@ class RadiographDicomReader(PydicomReader):
     to geometry tags (MONAI's default), so no patient tags travel on.
     """
 
-    def __init__(self, options: DicomOptions = DicomOptions(), **kwargs: Any) -> None:
+    def __init__(self, options: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("swap_ij", False)
         kwargs.setdefault("prune_metadata", True)
         kwargs.setdefault("force", True)  # read pre-standard files without the DICM preamble, as viewers do
         super().__init__(**kwargs)
-        self.options = options
+        self.options, self.max_pixels = options, max_pixels
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        """One file, plain or gzipped (``.dcm.gz``; decompressed with a size cap, never to disk)."""
+        name = str(data[0] if isinstance(data, (list, tuple)) else data)
+        if sniff(name) != "dicom.gz":
+            return super().read(data, **kwargs)
+        self.filenames, self.has_series = [name], False
+        return pydicom.dcmread(io.BytesIO(_gunzip_capped(name, self.max_pixels * 8)), **{**self.kwargs, **kwargs})
 
     def _get_seg_data(self, img: Any, filename: Any) -> tuple[np.ndarray, dict]:
         raise MedtlError(f"DICOM file {filename} is a Segmentation object, not an image; remove it from the data")
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
-        if "PixelData" not in img:
+        if not any(keyword in img for keyword in PIXEL_DATA_KEYWORDS):
             raise MedtlError(f"DICOM file {filename} has no Pixel Data; it is not an image, remove it from the data")
+        declared = _declared_pixels(img)
+        if declared > self.max_pixels:
+            raise MedtlError(f"DICOM file {filename} declares {declared:,} pixels (Rows x Columns x frames x samples), "
+                             f"over the decoding budget data.max_pixels={self.max_pixels:,}; it was not decoded: "
+                             "check the file, or raise data.max_pixels if it is genuine")
         data = img.pixel_array  # pydicom's decoders; colour comes out as RGB
         if int(getattr(img, NUMBER_OF_FRAMES, 1) or 1) > 1 and self.options.frames == "first":
             data = data[0]  # (F, H, W[, 3]) -> (H, W[, 3])
@@ -107,12 +128,26 @@ class RadiographDicomReader(PydicomReader):
 
 
 class GreyPILReader(PILReader):
-    """MONAI's ``PILReader`` that converts every image to 8-bit greyscale, returned as ``(H, W)``."""
+    """MONAI's ``PILReader`` returning ``(H, W)`` greyscale: colour and palette images become 8-bit luma,
+    16-bit and float images (``I``, ``F`` modes) keep their values. Files declaring more than ``max_pixels``
+    are refused before decoding (PIL's own bomb check is a warning up to twice its limit)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs: Any) -> None:
         kwargs.setdefault("reverse_indexing", False)
         kwargs.setdefault("converter", _to_grey)
         super().__init__(**kwargs)
+        self.max_pixels = max_pixels
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        name = str(data[0] if isinstance(data, (list, tuple)) else data)
+        with Image.open(name) as probe:  # reads the header only
+            width, height = probe.size
+            frames = getattr(probe, "n_frames", 1)
+        if width * height * frames > self.max_pixels:
+            raise MedtlError(f"image {name} declares {width}x{height} pixels x {frames} frame(s), over the decoding "
+                             f"budget data.max_pixels={self.max_pixels:,}; it was not decoded: check the file, or "
+                             "raise data.max_pixels if it is genuine")
+        return super().read(data, **kwargs)
 
 
 class LoadRadiograph(Transform):
@@ -121,18 +156,16 @@ class LoadRadiograph(Transform):
     Any failure to read becomes a :class:`MedtlError` naming the file.
     """
 
-    def __init__(self, dicom: DicomOptions = DicomOptions()) -> None:
+    def __init__(self, dicom: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         with warnings.catch_warnings():  # MONAI probes its optional GPU DICOM decoder and warns on CPU
             warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
             logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
             self._loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
-        self._dicom_reader, self._pil_reader = RadiographDicomReader(dicom), GreyPILReader()
+        self._dicom_reader, self._pil_reader = RadiographDicomReader(dicom, max_pixels), GreyPILReader(max_pixels)
 
     def __call__(self, path: str) -> Any:
-        # The suffix picks the reader: MONAI would otherwise try every reader and report the last failure.
-        reader = self._pil_reader if str(path).lower().endswith(PIL_SUFFIXES) else self._dicom_reader
         try:
-            image = self._loader(path, reader=reader)
+            image = self._loader(path, reader=self._reader_for(path))
         except MedtlError:
             raise
         except Exception as exc:  # noqa: BLE001 - every reader failure is a user-data problem
@@ -142,13 +175,28 @@ class LoadRadiograph(Transform):
             raise MedtlError(f"image {path} has NaN or infinite pixels; fix the file or remove it from the data")
         return image
 
+    def _reader_for(self, path: str) -> Any:
+        """The reader the file's content calls for (MONAI would otherwise try every reader and report the last
+        failure); a path that must not be opened, an empty file or a non-image stops with one line first."""
+        require_readable(path)
+        kind = sniff(path)
+        if kind in ("png", "jpeg", "tiff", "bmp") or (kind == "unknown" and str(path).lower().endswith(PIL_SUFFIXES)):
+            return self._pil_reader
+        if kind in ("dicom", "dicom.gz"):
+            return self._dicom_reader
+        reason = {"empty": "the file is empty (0 bytes)", "nifti": "it is a NIfTI volume, not a 2D image",
+                  "gzip": "it is gzip-compressed but holds no DICOM"}.get(
+            kind, "it is neither DICOM (no DICM marker) nor PNG, JPEG, TIFF or BMP")
+        raise MedtlError(f"cannot read image {describe_path(path)}: {reason}; fix the file or remove it from the data")
+
 
 class LoadRadiographd(MapTransform):
     """Dictionary wrapper of :class:`LoadRadiograph`: replaces each key's path with its ``(1, H, W)`` image."""
 
-    def __init__(self, keys: KeysCollection, dicom: DicomOptions = DicomOptions()) -> None:
+    def __init__(self, keys: KeysCollection, dicom: DicomOptions = DicomOptions(),
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(keys)
-        self.loader = LoadRadiograph(dicom)
+        self.loader = LoadRadiograph(dicom, max_pixels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
@@ -158,7 +206,28 @@ class LoadRadiographd(MapTransform):
 
 
 def _to_grey(image: Image.Image) -> Image.Image:
+    """Colour, palette and 1-bit images to 8-bit luma; greyscale of 16 bits or floats (``I``, ``F``) as they are."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        return image
     return image.convert("L")
+
+
+def _declared_pixels(img: Any) -> int:
+    """Rows x Columns x frames x samples, from the header alone (nothing decoded)."""
+    rows, columns = int(getattr(img, "Rows", 0) or 0), int(getattr(img, "Columns", 0) or 0)
+    frames = int(getattr(img, NUMBER_OF_FRAMES, 1) or 1)
+    samples = int(getattr(img, "SamplesPerPixel", 1) or 1)
+    return rows * columns * frames * samples
+
+
+def _gunzip_capped(path: str, max_bytes: int) -> bytes:
+    """The decompressed bytes of ``path``; a file that would exceed ``max_bytes`` is refused (a gzip bomb)."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise MedtlError(f"{path} decompresses to more than {max_bytes:,} bytes; refused (raise data.max_pixels "
+                         "if it is genuine)")
+    return data
 
 
 def _voi_output_range(img: Any, low: float, high: float) -> tuple[float, float]:

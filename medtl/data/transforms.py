@@ -21,7 +21,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medtl.data.readers import DicomOptions, LoadRadiographd
+from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
 from medtl.models.registry import WeightsInfo
 
 __all__ = ["IntensityConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
@@ -49,10 +49,11 @@ class AugmentConfig:
 
 
 def deterministic_transforms(image_size: int, intensity: IntensityConfig,
-                             dicom: DicomOptions = DicomOptions()) -> list:
-    """Load, window to [0, 1] and letterbox to ``(1, image_size, image_size)`` keeping the aspect ratio."""
+                             dicom: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
+    """Load, window to [0, 1] and letterbox to ``(1, image_size, image_size)`` keeping the aspect ratio.
+    Files declaring more than ``max_pixels`` are refused before decoding."""
     return [
-        LoadRadiographd(keys=IMAGE, dicom=dicom),
+        LoadRadiographd(keys=IMAGE, dicom=dicom, max_pixels=max_pixels),
         ScaleIntensityRangePercentilesd(IMAGE, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
                                         b_min=0.0, b_max=1.0, clip=True),
         Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),
@@ -63,7 +64,7 @@ def deterministic_transforms(image_size: int, intensity: IntensityConfig,
 
 def train_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
                      augment: AugmentConfig, dicom: DicomOptions = DicomOptions(),
-                     storage_dtype: type = np.float32) -> Compose:
+                     storage_dtype: type = np.float32, max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:
     """Deterministic part (its output stored as ``storage_dtype``), random affine and noise, normalisation."""
     image_size_px = float(image_size)
     random_part = [
@@ -73,14 +74,16 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
                     padding_mode="zeros", mode="bilinear"),
         RandGaussianNoised(IMAGE, prob=augment.prob, std=augment.noise_std),
     ]
-    return Compose([*deterministic_transforms(image_size, intensity, dicom), _store_as(storage_dtype), *random_part,
+    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), _store_as(storage_dtype),
+                    *random_part,
                     _normalise(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
 
 
 def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
-                    dicom: DicomOptions = DicomOptions(), storage_dtype: type = np.float32) -> Compose:
+                    dicom: DicomOptions = DicomOptions(), storage_dtype: type = np.float32,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:
     """Deterministic part, then the encoder's normalisation; the result is ``storage_dtype``."""
-    return Compose([*deterministic_transforms(image_size, intensity, dicom), _normalise(weights),
+    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), _normalise(weights),
                     _store_as(storage_dtype)])
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ from tqdm.auto import tqdm
 
 from medtl.adaptation.registry import AdaptationMethod, DomainBatch
 from medtl.engine.schedule import warmup_cosine_scheduler
+from medtl.engine.state import RunFolder, TrainingState, random_transforms
 from medtl.errors import MedtlError
 from medtl.models.classifier import TransferModel
 
@@ -155,46 +154,51 @@ class Trainer:
         lr: head learning rate; the encoder's is scaled by the model's ``encoder_lr_mult``.
         early_stopping_patience: epochs without a better monitored score before stopping.
         max_steps_per_epoch: cap on training batches per epoch (quick runs and tests).
-        checkpoint_path: where the best weights are saved (a ``state_dict``, atomically).
         features: for a frozen encoder, ``{cache, epochs, patience, batch_size}``: train the head on
             features computed once instead of running the encoder every epoch.
+        checkpoint_dir: where each run gets its own folder (``<checkpoint_dir>/<run id>/``) with ``last.pt``
+            (the whole :class:`TrainingState`, written after every epoch) and ``best.pt``.
+        keep_checkpoints: folders of finished runs kept (the most recent); older ones are deleted.
+        resume: a run folder or MLflow run id to continue (read by ``medtl.train``, not here).
     """
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr: float = 1e-3, max_epochs: int = 15,
                  warmup_epochs: float = 1.0, min_lr_factor: float = 0.01, early_stopping_patience: int = 5,
                  grad_clip_norm: float | None = 1.0, device: str = "auto", amp: bool | str = "auto",
                  num_threads: int | None = None, max_steps_per_epoch: int | None = None,
-                 checkpoint_path: str | None = "best.pt", progress: bool = True,
-                 features: dict | None = None) -> None:
+                 progress: bool = True, features: dict | None = None, checkpoint_dir: str = "outputs/checkpoints",
+                 keep_checkpoints: int = 3, resume: str | None = None) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
         self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
         self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
         self.device = resolve_device(device)
         self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
         self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.features = dict(features or {})
+        self.checkpoint_dir, self.keep_checkpoints, self.resume = checkpoint_dir, keep_checkpoints, resume
+        self.run_folder: RunFolder | None = None
         if num_threads:
             torch.set_num_threads(int(num_threads))
 
     def fit(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
             score: Callable[[Predictions], dict[str, float]], monitor: str = "auroc",
             on_epoch_end: EpochCallback | None = None, adaptation: AdaptationMethod | None = None,
-            target_loader: DataLoader | None = None) -> FitResult:
+            target_loader: DataLoader | None = None, resume: TrainingState | None = None) -> FitResult:
         """Train; after each epoch compute ``score(val predictions)`` and keep the best ``monitor`` value.
 
         A frozen encoder (``linear_probe``) with ``features.cache`` is run once over both loaders and
         its head trained on the cached features; ``train_loader`` should then be deterministic. An
         ``adaptation`` method that needs target data draws a batch of ``target_loader`` per step and
-        adds its loss on the pooled features and logits of both batches.
+        adds its loss on the pooled features and logits of both batches. With ``resume`` (a state that
+        :attr:`run_folder`'s ``last.pt`` held) training continues after its last completed epoch.
         """
         start = time.perf_counter()
         target = self._target_stream(model, adaptation, target_loader)
         if self.trains_on_features(model, adaptation):
-            best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end)
+            best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end, resume)
         else:
             best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
-                                  self.max_epochs, self.patience, target=target)
+                                  self.max_epochs, self.patience, target=target, resume=resume)
         best.seconds = time.perf_counter() - start
         return best
 
@@ -218,7 +222,7 @@ class Trainer:
 
     def _fit_head_on_features(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                               score: Callable[[Predictions], dict[str, float]], monitor: str,
-                              on_epoch_end: EpochCallback | None) -> FitResult:
+                              on_epoch_end: EpochCallback | None, resume: TrainingState | None) -> FitResult:
         batch_size = int(self.features.get("batch_size", 256))
         train_set = encode_features(model, train_loader, self.device, self.progress, "encoding train")
         val_set = encode_features(model, val_loader, self.device, self.progress, "encoding val")
@@ -226,16 +230,43 @@ class Trainer:
         best = self._fit_loop(head, DataLoader(train_set, batch_size=batch_size, shuffle=True),
                               DataLoader(val_set, batch_size=batch_size), score, monitor, on_epoch_end,
                               int(self.features.get("epochs", 100)), int(self.features.get("patience", 15)),
-                              save_best=False)
+                              save_best=False, resume=resume)
         best.best_state = copy.deepcopy(model.state_dict())  # encoder + the best head
-        self._save_checkpoint(best.best_state)
+        self._save(RunFolder.BEST, best.best_state)
         return best
 
     def _fit_loop(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
                   max_epochs: int, patience: int, save_best: bool = True,
-                  target: TargetStream | None = None) -> FitResult:
+                  target: TargetStream | None = None, resume: TrainingState | None = None) -> FitResult:
         model.to(self.device)
+        optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target)
+        transforms = random_transforms(getattr(getattr(train_loader, "dataset", None), "transform", None))
+        state = resume or TrainingState()
+        if resume is not None:
+            self._restore(state, model, optimizer, scheduler, target, transforms)
+        for epoch in range(state.epoch, max_epochs if not state.done else state.epoch):
+            if hasattr(model, "on_epoch_start"):
+                model.on_epoch_start(epoch)
+            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target)
+            metrics.update({f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()})
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if state.record(epoch, metrics, metrics[f"val_{monitor}"], model, patience) and save_best:
+                self._save(RunFolder.BEST, state.best_state)
+            state.model, state.optimizer, state.scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
+            state.adaptation = target.method.state_dict() if target is not None else {}
+            state.rng = TrainingState.capture_rng(transforms)
+            self._save(RunFolder.LAST, state.state_dict())  # before the metrics are logged: see MlflowTracker.resume
+            if on_epoch_end:
+                on_epoch_end(metrics, epoch)
+            if state.done:
+                log.info("early stopping: no better val_%s for %d epochs", monitor, patience)
+                break
+        model.load_state_dict(state.best_state)
+        return FitResult(state.best_epoch, state.best_score, state.best_state, state.history)
+
+    def _optimiser(self, model: nn.Module, train_loader: DataLoader, max_epochs: int,
+                   target: TargetStream | None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         groups = model.param_groups(self.lr)
         if target is not None:
             target.method.to(self.device)
@@ -244,26 +275,23 @@ class Trainer:
         steps = self._steps_per_epoch(train_loader)
         scheduler = warmup_cosine_scheduler(optimizer, round(self.warmup_epochs * steps), max_epochs * steps,
                                             self.min_lr_factor)
-        best = FitResult(best_epoch=-1, best_score=-np.inf, best_state={})
-        for epoch in range(max_epochs):
-            if hasattr(model, "on_epoch_start"):
-                model.on_epoch_start(epoch)
-            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target)
-            metrics.update({f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()})
-            best.history.append(metrics)
-            if on_epoch_end:
-                on_epoch_end(metrics, epoch)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if metrics[f"val_{monitor}"] > best.best_score or best.best_epoch < 0:
-                best.best_epoch, best.best_score = epoch, metrics[f"val_{monitor}"]
-                best.best_state = copy.deepcopy(model.state_dict())
-                if save_best:
-                    self._save_checkpoint(best.best_state)
-            elif epoch - best.best_epoch >= patience:
-                log.info("early stopping: no better val_%s for %d epochs", monitor, patience)
-                break
-        model.load_state_dict(best.best_state)
-        return best
+        return optimizer, scheduler
+
+    @staticmethod
+    def _restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, target: TargetStream | None,
+                 transforms: list) -> None:
+        """Put a saved :class:`TrainingState` back: weights, optimiser, schedule, adaptation method, generators."""
+        if hasattr(model, "on_epoch_start"):  # gradual unfreezing decides which stages the optimiser steps
+            model.on_epoch_start(max(state.epoch - 1, 0))
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        if target is not None and state.adaptation:
+            target.method.load_state_dict(state.adaptation)
+        TrainingState.restore_rng(state.rng, transforms)
+        log.info("resuming after epoch %d (best so far: epoch %d, %.4f)", state.epoch - 1, state.best_epoch,
+                 state.best_score)
 
     def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict", tta: bool = False) -> Predictions:
         """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
@@ -317,10 +345,6 @@ class Trainer:
     def _steps_per_epoch(self, loader: DataLoader) -> int:
         return min(len(loader), self.max_steps_per_epoch or len(loader))
 
-    def _save_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
-        if self.checkpoint_path is None:
-            return
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+    def _save(self, name: str, state: dict) -> None:
+        if self.run_folder is not None:
+            self.run_folder.save(name, state)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -14,13 +16,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from medtl.models.loading import STATE_DICT_FILE
 
-__all__ = ["MlflowTracker", "flatten_config", "MAX_PARAM_LENGTH", "STATE_DICT_FILE"]
+__all__ = ["MlflowTracker", "flatten_config", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
+           "STATE_DICT_FILE"]
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 500  # the strictest MLflow backends' limit; the full config is an artefact
@@ -36,18 +40,25 @@ class MlflowTracker:
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, log_model: bool = True,
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> None:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.should_log_model, self.tags = log_model, dict(tags or {})
-        self.run_id: str | None = None
+        self.run_id: str | None = resume_run_id
         self._previous_sigterm: Any = None
 
     def __enter__(self) -> MlflowTracker:
-        mlflow.set_tracking_uri(self.uri)
+        """Start the run (or reopen ``resume_run_id``), after marking runs whose process died KILLED."""
+        open_store(self.uri)
         mlflow.set_experiment(self.experiment)
+        mark_orphaned_runs_killed(self.experiment)
         if mlflow.active_run() is not None:  # left over by a crashed job in this process (Hydra -m)
             mlflow.end_run(status="FAILED")
-        self.run_id = mlflow.start_run(run_name=self.run_name, tags=self.tags).info.run_id
+        owner = {"medtl.host": socket.gethostname(), "medtl.pid": str(os.getpid()), "medtl.pid_start": _start_time()}
+        if self.run_id is None:
+            self.run_id = mlflow.start_run(run_name=self.run_name, tags={**self.tags, **owner}).info.run_id
+        else:
+            mlflow.start_run(run_id=self.run_id)
+            mlflow.set_tags(owner)
         log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, self.uri)
         if threading.current_thread() is threading.main_thread():  # a scheduler's SIGTERM ends the run FAILED too
             self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -62,8 +73,25 @@ class MlflowTracker:
 
     def log_config(self, cfg: DictConfig) -> None:
         """Log the flattened resolved config as params and the full YAML as ``config.yaml``."""
-        mlflow.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+        params = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+        params.pop("trainer.resume", None)  # a resumed run keeps the params it started with
+        mlflow.log_params(params)
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
+        """Log the epochs of a resumed run's ``history`` that the store lacks: the training state is saved
+        before an epoch's metrics are logged, so a kill between the two leaves one epoch to fill in here,
+        and none is ever logged twice."""
+        if not history:
+            return
+        key = next(iter(history[0]))
+        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(self.run_id, key)}
+        for step, metrics in enumerate(history):
+            if step not in logged:
+                self.log_metrics(metrics, step=step)
+
+    def set_tag(self, key: str, value: str) -> None:
+        mlflow.set_tag(key, value)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: _short(v) for k, v in params.items()})
@@ -112,6 +140,56 @@ class MlflowTracker:
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         mlflow.set_tag("medtl.model_uri", info.model_uri)
         return info.model_uri
+
+
+def open_store(uri: str) -> None:
+    """Point MLflow at ``uri``. A fresh SQLite store is created under a file lock, so two runs started at
+    once on a new ``mlflow.db`` do not both try to create its tables."""
+    mlflow.set_tracking_uri(uri)
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(database) + ".lock", timeout=600):
+        mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the tables once
+
+
+def mark_orphaned_runs_killed(experiment: str) -> list[str]:
+    """Runs of ``experiment`` left RUNNING by a process of this host that no longer exists (SIGKILL, power
+    loss) are marked KILLED; returns their ids. A killed run stays resumable: ``trainer.resume=<run id>``."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    running = mlflow.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                 f"tags.`medtl.host` = '{host}'", output_format="list")
+    killed = []
+    for run in running:
+        pid, started = run.data.tags.get("medtl.pid", ""), run.data.tags.get("medtl.pid_start", "")
+        if pid.isdigit() and not _alive(int(pid), started):
+            mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+            log.warning("MLflow run %s was left RUNNING by process %s, which is gone: marked KILLED "
+                        "(continue it with trainer.resume=%s)", run.info.run_id, pid, run.info.run_id)
+            killed.append(run.info.run_id)
+    return killed
+
+
+def _start_time(pid: int | None = None) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the same process."""
+    try:
+        return Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not started or _start_time(pid) in ("", started)
 
 
 def flatten_config(tree: Any, prefix: str = "") -> dict[str, str]:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from medtl.engine.loop import Predictions, Trainer
+from medtl.engine.state import RunFolder
 from medtl.models import build_classifier
 
 
@@ -29,7 +30,8 @@ def test_early_stopping_restores_best_epoch_and_writes_a_safe_checkpoint(tmp_pat
 
     checkpoint = tmp_path / "best.pt"
     trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=6, early_stopping_patience=2,
-                      checkpoint_path=str(checkpoint), progress=False, device="cpu")
+                      progress=False, device="cpu")
+    trainer.run_folder = RunFolder(tmp_path)
     result = trainer.fit(model, fake_loader(), fake_loader(), score=score)
     assert (result.best_epoch, result.best_score) == (1, 0.9)
     assert len(result.history) == 4  # epochs 0..3; epochs 2 and 3 did not beat epoch 1
@@ -42,7 +44,7 @@ def test_early_stopping_restores_best_epoch_and_writes_a_safe_checkpoint(tmp_pat
 def test_max_steps_per_epoch_caps_training_batches() -> None:
     model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32)
     seen = []
-    trainer = Trainer(partial(torch.optim.AdamW), max_epochs=1, max_steps_per_epoch=2, checkpoint_path=None,
+    trainer = Trainer(partial(torch.optim.AdamW), max_epochs=1, max_steps_per_epoch=2,
                       progress=False, device="cpu")
     original = model.forward
     model.forward = lambda x: (seen.append(x.shape[0]), original(x))[1]  # type: ignore[method-assign]
@@ -57,8 +59,9 @@ def test_linear_probe_on_cached_features_encodes_once(tmp_path: Path) -> None:
     original = model.encoder.forward_features
     model.encoder.forward_features = lambda x: (calls.append(len(x)), original(x))[1]  # type: ignore[method-assign]
     encoder_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder.head")}
-    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, checkpoint_path=str(tmp_path / "best.pt"),
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2,
                       progress=False, device="cpu", features={"cache": True, "epochs": 30, "patience": 30})
+    trainer.run_folder = RunFolder(tmp_path)
     assert trainer.trains_on_features(model)
     scores = []
     result = trainer.fit(model, fake_loader(3), fake_loader(2),
@@ -105,7 +108,7 @@ def test_trainer_unfreezes_stages_epoch_by_epoch() -> None:
     first_stage = model.encoder.stage_parameters()[0][0]
     before = first_stage.clone()
     trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, early_stopping_patience=5,
-                      checkpoint_path=None, progress=False, device="cpu")
+                      progress=False, device="cpu")
     trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5})
     trainable = [any(p.requires_grad for p in s) for s in model.encoder.stage_parameters()]
     assert trainable[-2:] == [True, True] and not any(trainable[:-2])  # after epoch 1: the last two stages

@@ -1,0 +1,164 @@
+"""The training pipeline behind ``python -m medtl.train``: it only wires the pieces that the config names
+(``_target_`` + ``instantiate``). ``medtl.train`` checks the config first and imports this afterwards.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from hydra.utils import instantiate
+from monai.utils import set_determinism
+from omegaconf import DictConfig, OmegaConf
+
+from medtl.adaptation import AdaptationMethod, list_adaptations
+from medtl.data import ImageClassificationData
+from medtl.data.domains import run_loaders
+from medtl.engine import Trainer
+from medtl.engine.domain import DomainReport, evaluate_target
+from medtl.engine.evaluation import EvaluationReport, Evaluator
+from medtl.engine.state import RunFolder, TrainingState, find_run_folder, prune_finished_runs
+from medtl.errors import MedtlError
+from medtl.models import TransferModel, list_encoders
+from medtl.tracking import MlflowTracker
+
+__all__ = ["run_training", "resume_point"]
+
+log = logging.getLogger("medtl.train")
+
+
+def run_training(cfg: DictConfig) -> dict[str, float]:
+    """Seed -> data -> model -> adaptation -> tracking -> fit -> evaluate (source, then target) -> log;
+    return the final source-validation metrics (plus ``target_*`` ones with a target domain).
+    With ``trainer.resume`` the run continues from its folder's ``last.pt``, in its own MLflow run."""
+    cfg, folder, resumed = resume_point(cfg)
+    _check_names(cfg)
+    set_determinism(seed=cfg.seed)
+    data: ImageClassificationData = instantiate(cfg.data)
+    data.setup()
+    check = data.run_checks()
+    model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
+    adaptation: AdaptationMethod = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
+    trainer: Trainer = instantiate(cfg.trainer)
+    loaders = run_loaders(data, model.encoder.weights_info, not trainer.trains_on_features(model, adaptation),
+                          adaptation.method_name, adaptation.needs_target, adaptation.trains_on_target_labels)
+    evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
+
+    with instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None) as tracker:
+        trainer.run_folder = _open_run_folder(cfg, tracker, folder)
+        if resumed is None:
+            tracker.log_config(cfg)
+            tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
+            tracker.log_data_check(check, data.skipped)
+        else:
+            tracker.log_missing_epochs(resumed.history)
+        fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
+                          adaptation=adaptation, target_loader=loaders.target_train, resume=resumed)
+        report = evaluator.report(trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta))
+        _log_report(tracker, report, fit.best_epoch, fit.seconds)
+        metrics = dict(report.metrics)
+        if loaders.target_eval is not None:
+            domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
+                                     trainer.progress, cfg.seed)
+            _log_domain_report(tracker, domain)
+            metrics.update(domain.metrics)
+        model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(cfg, model, data, report))
+        trainer.run_folder.finish()
+    prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
+    _print_summary(metrics, tracker.run_id, model_uri)
+    return metrics
+
+
+def resume_point(cfg: DictConfig) -> tuple[DictConfig, RunFolder | None, TrainingState | None]:
+    """For ``trainer.resume=<run folder | run id>``: the run's own config (other overrides given now are
+    ignored, so the continued run is the same run), its folder and the state its ``last.pt`` holds."""
+    if not cfg.trainer.get("resume"):
+        return cfg, None, None
+    folder = find_run_folder(str(cfg.trainer.resume), str(cfg.trainer.checkpoint_dir))
+    if (folder.path / RunFolder.FINISHED).is_file():
+        raise MedtlError(f"trainer.resume={cfg.trainer.resume}: run {folder.info()['run_id']} already finished; "
+                         "its model is in MLflow, nothing is left to resume")
+    saved = OmegaConf.load(folder.path / RunFolder.CONFIG)
+    saved.trainer.resume = str(folder.path)
+    state = folder.load_last()
+    log.info("resuming MLflow run %s from %s (%s)", folder.info()["run_id"], folder.path,
+             f"after epoch {state.epoch - 1}" if state else "no epoch was completed: from the start")
+    return saved, folder, state
+
+
+def _open_run_folder(cfg: DictConfig, tracker: MlflowTracker, folder: RunFolder | None) -> RunFolder:
+    """This run's checkpoint folder (the resumed one, or a new one named by the MLflow run id), tagged on the run."""
+    root = folder.path.parent if folder else cfg.trainer.checkpoint_dir
+    created = RunFolder.create(root, tracker.run_id, tracker.uri, OmegaConf.to_yaml(cfg))
+    tracker.set_tag("medtl.run_folder", str(created.path))
+    log.info("checkpoints in %s (after a kill: python -m medtl.train trainer.resume=%s)", created.path, tracker.run_id)
+    return created
+
+
+def _check_names(cfg: DictConfig) -> None:
+    """Encoder and adaptation names against their registries, before any data is read."""
+    encoder = str(cfg.model.get("encoder", ""))
+    if cfg.model.get("_target_") == "medtl.models.build_classifier" and not encoder.startswith("timm/") \
+            and encoder not in list_encoders():
+        raise MedtlError(f"model.encoder='{encoder}' is not a registered encoder; choose one of {list_encoders()} "
+                         "or timm/<name> with the timm extra")
+    method = str(cfg.adaptation.get("method", "none"))
+    if cfg.adaptation.get("_target_") == "medtl.adaptation.build_adaptation" and method not in list_adaptations():
+        raise MedtlError(f"adaptation.method='{method}' is not a registered method; choose one of "
+                         f"{list_adaptations()}")
+
+
+def _log_report(tracker: MlflowTracker, report: EvaluationReport, best_epoch: int, seconds: float) -> None:
+    tracker.log_metrics({f"final_val_{k}": v for k, v in report.metrics.items()})
+    tracker.log_metrics({"best_epoch": best_epoch, "fit_seconds": seconds})
+    tracker.log_frame(report.predictions, "val_predictions.csv")
+    for name, figure in report.figures.items():
+        tracker.log_figure(figure, name)
+
+
+def _log_domain_report(tracker: MlflowTracker, domain: DomainReport) -> None:
+    tracker.log_metrics(domain.metrics)
+    tracker.log_frame(domain.predictions, "target_predictions.csv")
+    for name, figure in domain.figures.items():
+        tracker.log_figure(figure, name)
+
+
+def _input_example(model: TransferModel, data: ImageClassificationData) -> np.ndarray:
+    """A ``(2, C, S, S)`` float32 batch: the exported model's input signature."""
+    channels = model.encoder.weights_info.in_channels
+    return np.zeros((2, channels, data.image_size, data.image_size), dtype=np.float32)
+
+
+def _model_metadata(cfg: DictConfig, model: TransferModel, data: ImageClassificationData,
+                    report: EvaluationReport) -> dict:
+    """What ``medtl.predict`` needs to preprocess inputs, read outputs and (AdaBN) rebuild the eager model,
+    stored in the MLmodel file."""
+    weights = model.encoder.weights_info
+    return {
+        "medtl_version": 1,
+        "classes": data.classes,
+        "threshold": report.threshold,
+        "image_size": data.image_size,
+        "in_channels": weights.in_channels,
+        "mean": list(weights.mean),
+        "std": list(weights.std),
+        "intensity": {"lower_percentile": data.intensity.lower_percentile,
+                      "upper_percentile": data.intensity.upper_percentile},
+        "dicom": {"voi": data.dicom.voi, "frames": data.dicom.frames},
+        "encoder_weights": weights.source,
+        "strategy": model.strategy.name,
+        "adaptation": cfg.adaptation.method,
+        "architecture": {"encoder": cfg.model.encoder, "num_classes": len(data.classes),
+                         "in_channels": cfg.model.in_channels, "grey_input": cfg.model.grey_input,
+                         "image_size": data.image_size},
+    }
+
+
+def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:
+    source = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith(("target_", "proxy_", "unadapted_", "adapt_")))
+    print(f"\nvalidation: {source}")
+    target = {k: v for k, v in metrics.items() if k.startswith(("target_", "proxy_", "unadapted_", "adapt_"))}
+    if target:
+        print("target: " + ", ".join(f"{k}={v:.4f}" for k, v in target.items()))
+    print(f"MLflow run id: {run_id}")
+    if model_uri:
+        print(f"model: {model_uri}  (python -m medtl.predict model={model_uri} input=<folder> output=preds.csv)")
