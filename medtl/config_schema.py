@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -21,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from medtl.errors import MedtlError
 
-__all__ = ["SCHEMAS", "validate_config", "validate_predict_config", "choices"]
+__all__ = ["SCHEMAS", "validate_config", "validate_predict_config", "check_overrides", "choices"]
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
@@ -232,7 +233,7 @@ def validate_config(cfg: DictConfig) -> None:
         try:
             typed = OmegaConf.merge(OmegaConf.structured(schema), values)
         except (ValidationError, ConfigKeyError) as exc:
-            raise MedtlError(_describe(group, exc)) from None
+            raise MedtlError(_describe(group, exc, schema)) from None
         except OmegaConfBaseException as exc:
             raise MedtlError(f"config group {group}: {str(exc).splitlines()[0]}") from None
         _check_choices(group, schema, typed)
@@ -267,16 +268,55 @@ def _check_choices(prefix: str, schema: type, node: Any) -> None:
             _check_choices(key, OmegaConf.get_type(value), value)
 
 
-def _describe(group: str, exc: OmegaConfBaseException) -> str:
-    """OmegaConf's message, as one line naming the full key and the expected type."""
-    key = f"{group}.{exc.full_key}" if getattr(exc, "full_key", None) else group
+def _describe(group: str, exc: OmegaConfBaseException, schema: type) -> str:
+    """OmegaConf's message, as one line naming the full key and the type its schema expects."""
+    full_key = str(getattr(exc, "full_key", "") or "")
+    key = f"{group}.{full_key}" if full_key else group
     if isinstance(exc, ConfigKeyError):
         return f"config key {key} is unknown; remove it or fix its name"
-    expected = getattr(exc, "ref_type", None) or "another type"
     message = str(exc).splitlines()[0]
-    return f"config key {key}: {message} (expected {_type_name(expected)}); fix the override or the YAML"
+    return f"config key {key}: {message} (expected {_field_type(schema, full_key)}); fix the override or the YAML"
 
 
-def _type_name(ref_type: Any) -> str:
-    text = str(ref_type).replace("typing.", "")
-    return text.replace("<class '", "").replace("'>", "")
+def _field_type(schema: Any, dotted: str) -> str:
+    """The declared type of ``dotted`` inside dataclass ``schema``, as text (``int``, ``Optional[float]``)."""
+    for name in dotted.split("."):
+        candidates = [schema, *typing.get_args(schema)]  # Optional[DemoSchema] -> DemoSchema
+        schema = next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+        hints = typing.get_type_hints(schema) if schema is not None else {}
+        if name not in hints:
+            return "another type"
+        schema = hints[name]
+    return str(getattr(schema, "__name__", schema)).replace("typing.", "")
+
+
+def check_overrides(overrides: list[str], config_module: str = "medtl.conf") -> None:
+    """Compose the command line's overrides once, so that a key Hydra cannot override (a typo, a missing
+    ``+``) is one line with a suggestion instead of Hydra's multi-line report. Sweeps (``-m``) are left to Hydra."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    plain = [o for o in overrides if not o.startswith(("-", "hydra.", "+hydra.", "~hydra."))]
+    try:
+        with initialize_config_module(config_module=config_module, version_base="1.3"):
+            compose(config_name="config", overrides=plain)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise MedtlError(_override_message(exc, plain, config_module)) from None
+
+
+def _override_message(exc: Exception, overrides: list[str], config_module: str) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    failing = next((o for o in overrides if f"'{o.split('=', 1)[0]}'" in lines[0]), None)
+    if failing is None or "not in struct" not in f"{exc} {exc.__cause__} {exc.__context__}":
+        return f"config override: {'; '.join(lines[:8])}"
+    key = failing.split("=", 1)[0].lstrip("+~")
+    parent, _, leaf = key.rpartition(".")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module=config_module, version_base="1.3"):
+        base = compose(config_name="config", overrides=[o for o in overrides if o != failing])
+    node = OmegaConf.select(base, parent) if parent else base
+    known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else f"{parent or 'the root'} has {', '.join(known)}"
+    return f"config key {key} does not exist; {hint} (to add a new key on purpose: +{failing})"

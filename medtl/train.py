@@ -7,12 +7,13 @@ the pieces. ``trainer.resume=<run folder | MLflow run id>`` continues a run that
 from __future__ import annotations
 
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from medtl import CONFIG_MODULE
-from medtl.config_schema import validate_config
+from medtl.config_schema import check_overrides, validate_config
 from medtl.errors import exit_on_user_error
 
 __all__ = ["train", "main"]
@@ -31,9 +32,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="config")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point; returns validation AUROC so ``-m`` sweepers can optimise it."""
     return train(cfg)["auroc"]
+
+
+def main() -> None:
+    """``python -m medtl.train`` / ``medtl-train``: the overrides are composed once first (one-line errors with a
+    suggestion for a mistyped key), then Hydra runs the job or the sweep."""
+    if not {"-m", "--multirun", "--help", "-h", "--hydra-help", "--cfg", "-c", "--info"} & set(sys.argv[1:]):
+        exit_on_user_error(check_overrides)(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -33,13 +33,24 @@ STATE_VERSION = 1
 
 def random_transforms(transform: Any) -> list[Randomizable]:
     """The MONAI random transforms inside ``transform`` (a ``Compose`` or one transform), in a stable order,
-    including the array transforms that dictionary wrappers hold (``RandAffined.rand_affine``)."""
+    including those that others hold (``RandAffined.rand_affine.rand_affine_grid``): each has its own generator."""
     found: list[Randomizable] = []
-    for item in getattr(transform, "transforms", [transform] if transform is not None else []):
+    seen: set[int] = set()
+
+    def visit(item: Any, depth: int) -> None:
+        if id(item) in seen or depth > 4:
+            return
+        seen.add(id(item))
         if isinstance(item, Randomizable):
             found.append(item)
-        attributes = sorted(getattr(item, "__dict__", {}).items())
-        found.extend(value for _, value in attributes if isinstance(value, Randomizable))
+        for child in getattr(item, "transforms", []) or []:
+            visit(child, depth + 1)
+        for _, value in sorted(getattr(item, "__dict__", {}).items()):
+            if isinstance(value, Randomizable):
+                visit(value, depth + 1)
+
+    if transform is not None:
+        visit(transform, 0)
     return found
 
 
