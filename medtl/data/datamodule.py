@@ -6,13 +6,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from monai.data import CacheDataset, DataLoader, Dataset
 
-from medtl.data.check import CheckReport, check_frame
 from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
 from medtl.data.cache import CheckedPersistentDataset
 from medtl.data.inventory import REFUSED, Inventory
@@ -22,6 +21,9 @@ from medtl.data.split import assign_validation_split, subsample_patients
 from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
 from medtl.errors import MedtlError, find_user_error
 from medtl.models.registry import WeightsInfo
+
+if TYPE_CHECKING:
+    from medtl.data.check import CheckReport
 
 __all__ = ["ImageClassificationData", "load_source_frame", "class_order", "apply_label_map", "check_labels"]
 
@@ -86,6 +88,7 @@ class ImageClassificationData:
         With ``validate=False`` (for ``medtl.data.check``, which reports problems instead of stopping
         at the first) a source whose splits are broken is returned as it is.
         """
+        self._stop_on_refused = validate and self.on_error == "raise"  # medtl.data.check reports them instead
         frame = self._load_frame()
         try:
             frame = assign_validation_split(frame, self.val_fraction, self.split_seed)
@@ -113,7 +116,7 @@ class ImageClassificationData:
         frame, self.inventory = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir,
                                                   self.patient_id_patterns, self.allow_outside_root)
         refused = [o for o in self.inventory.others if o["status"] == REFUSED]
-        if refused and self.on_error == "raise":
+        if refused and getattr(self, "_stop_on_refused", self.on_error == "raise"):
             raise MedtlError(f"{len(refused)} path(s) refused under the data folder, first: {refused[0]['path']}: "
                              f"{refused[0]['reason']} (or set data.on_error=skip to train without them)")
         if self.inventory.others:
@@ -131,6 +134,8 @@ class ImageClassificationData:
         """
         if not self.check:
             return None
+        from medtl.data.check import check_frame  # imported here: ``python -m medtl.data.check`` runs that module
+
         frame = self._require_setup()
         report, _ = check_frame(frame, self.dicom, progress=True, max_pixels=self.max_pixels, inventory=self.inventory)
         if report.unreadable and self.on_error == "raise":

@@ -131,7 +131,10 @@ def scan_folder(folder: Path, root: Path | None = None, allow_outside_root: bool
     inventory = Inventory()
     for entry in sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name)):
         path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False) or (entry.is_symlink() and os.path.isdir(path)):
+        if entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.is_symlink() and os.path.isdir(path):
+            inventory.add(path, SKIPPED, "a link to a folder; links to folders are not followed")
             continue
         reason = check_path(path, root, allow_outside_root)
         if reason is not None:

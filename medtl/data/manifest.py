@@ -182,7 +182,7 @@ def _subfolders(folder: Path, inventory: Inventory) -> list[Path]:
     """Visible sub-folders (hidden ones are listed as skipped), sorted by name."""
     found = []
     for entry in sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name)):
-        if entry.is_dir(follow_symlinks=True) and not entry.is_symlink():
+        if entry.is_dir(follow_symlinks=False):  # linked folders are reported by scan_folder, not followed
             if entry.name.startswith("."):
                 inventory.add(Path(entry.path), SKIPPED, "hidden folder")
             else:
@@ -206,7 +206,7 @@ def _resolve_row(path_text: str, manifest: Path, row: int, base: Path, allow_out
     path = Path(path_text).expanduser()
     absolute = Path(os.path.abspath(path if path.is_absolute() else manifest.parent / path))
     reason = check_path(absolute, None if path.is_absolute() else base, allow_outside_root)
-    if reason is not None and "does not exist" not in reason and "cannot be accessed" not in reason:
+    if reason is not None and not reason.startswith("cannot be accessed"):  # missing files: one summary below
         raise MedtlError(f"manifest {manifest} row {row}: {describe_path(absolute)}: {reason}")
     return str(absolute)
 

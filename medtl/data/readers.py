@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import re
 import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -140,9 +141,14 @@ class GreyPILReader(PILReader):
 
     def read(self, data: Any, **kwargs: Any) -> Any:
         name = str(data[0] if isinstance(data, (list, tuple)) else data)
-        with Image.open(name) as probe:  # reads the header only
-            width, height = probe.size
-            frames = getattr(probe, "n_frames", 1)
+        try:
+            with Image.open(name) as probe:  # reads the header only
+                width, height = probe.size
+                frames = getattr(probe, "n_frames", 1)
+        except Image.DecompressionBombError as exc:  # PIL's own ceiling (twice Image.MAX_IMAGE_PIXELS)
+            declared = re.search(r"\((\d+) pixels\)", str(exc))
+            raise MedtlError(f"image {name} declares {int(declared.group(1)) if declared else 0:,} pixels, over PIL's "
+                             f"decoding limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,}; it was not decoded") from None
         if width * height * frames > self.max_pixels:
             raise MedtlError(f"image {name} declares {width}x{height} pixels x {frames} frame(s), over the decoding "
                              f"budget data.max_pixels={self.max_pixels:,}; it was not decoded: check the file, or "
