@@ -83,3 +83,20 @@ def test_cli_exit_status_and_json(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as failed:
         main([str(write_manifest(frame, tmp_path / "bad.csv"))])
     assert failed.value.code == 1
+
+
+def test_repeated_rows_conflicting_labels_and_cross_patient_copies_are_reported(tmp_path: Path) -> None:
+    frame = image_set(tmp_path, 6, {"A": (40, 40), "B": (40, 40)}).drop(columns="split")
+    repeated = frame.iloc[[0]]  # the same row twice
+    relabelled = frame.iloc[[1]].assign(label="B")  # one file under two labels
+    copy = tmp_path / "copy_of_b0.png"
+    shutil.copy(frame.loc[frame["label"] == "B", "path"].iloc[0], copy)
+    copied = pd.DataFrame([{"path": str(copy), "label": "A", "patient_id": "other"}])  # same pixels, other label
+    report, _ = check_frame(pd.concat([frame, repeated, relabelled, copied], ignore_index=True), probe=False,
+                            progress=False)
+    assert not report.ok
+    assert any("is listed 2 times" in p and frame.at[0, "path"] in p for p in report.problems)
+    assert any("is listed under 2 labels ['A', 'B']" in p and frame.at[1, "path"] in p for p in report.problems)
+    assert any(p.startswith("identical images under labels ['A', 'B']") for p in report.problems)
+    assert any("a patient-level split could put them on both sides (no split column)" in w for w in report.warnings)
+    assert report.inputs["inputs.used"] == len(frame) + 1  # distinct files read: each once

@@ -1,0 +1,140 @@
+"""Resume after a kill: a SIGKILLed training continues in the same MLflow run with no gap and no duplicated
+step, and ends with the model an uninterrupted run with the same seed gives."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from medtl.engine.state import RunFolder, TrainingState, find_run_folder, prune_finished_runs
+from medtl.errors import MedtlError
+from medtl.tracking.mlflow_tracker import mark_orphaned_runs_killed
+from medtl.train import train
+from tests.conftest import compose_config, small_demo_overrides
+
+EPOCHS = 4
+
+
+def _overrides(demo_cache: Path, uri: str, checkpoints: Path) -> list[str]:
+    return ["+experiment=chest_xray", *small_demo_overrides(demo_cache), "model.strategy=finetune",
+            "data.image_size=48", "data.batch_size=16", "data.cache_workers=1", "data.check=false",
+            f"trainer.max_epochs={EPOCHS}", "trainer.early_stopping_patience=10", "trainer.progress=false",
+            "tracking.log_model=false", f"tracking.uri={uri}", f"trainer.checkpoint_dir={checkpoints}"]
+
+
+def _completed_epochs(checkpoints: Path) -> int:
+    for last in checkpoints.glob(f"*/{RunFolder.LAST}"):
+        try:
+            return int(torch.load(last, weights_only=True)["epoch"])
+        except Exception:  # noqa: BLE001 - being replaced right now
+            return 0
+    return 0
+
+
+def _kill_after_epochs(args: list[str], checkpoints: Path, epochs: int, cwd: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "medtl.train", *args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _completed_epochs(checkpoints) < epochs:
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, "training did not reach the epoch in time"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def test_sigkilled_training_resumes_into_the_same_run_and_model(tmp_path: Path, demo_cache: Path) -> None:
+    uri, checkpoints = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "checkpoints"
+    args = _overrides(demo_cache, uri, checkpoints)
+    _kill_after_epochs(args, checkpoints, 2, tmp_path)
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
+    assert run.info.status == "RUNNING"  # the killed process could not say otherwise
+    assert mark_orphaned_runs_killed("chest_xray") == [run.info.run_id]  # what the next command does first
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
+
+    resumed = subprocess.run([sys.executable, "-m", "medtl.train", *args, f"trainer.resume={run.info.run_id}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    runs = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
+    assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auroc")
+    assert sorted(m.step for m in history) == list(range(EPOCHS))  # no gap, no duplicated step
+    folder = checkpoints / run.info.run_id
+    assert (folder / RunFolder.FINISHED).is_file() and not (folder / RunFolder.LAST).exists()
+
+    straight = tmp_path / "straight"
+    train(compose_config(_overrides(demo_cache, f"sqlite:///{straight / 'mlflow.db'}", straight / "checkpoints")))
+    mlflow.set_tracking_uri(f"sqlite:///{straight / 'mlflow.db'}")
+    (reference,) = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
+    expected = mlflow.MlflowClient().get_metric_history(reference.info.run_id, "train_loss")
+    got = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [round(m.value, 5) for m in sorted(got, key=lambda m: m.step)] == \
+           [round(m.value, 5) for m in sorted(expected, key=lambda m: m.step)]
+    ours = torch.load(folder / RunFolder.BEST, weights_only=True)
+    theirs = torch.load(straight / "checkpoints" / reference.info.run_id / RunFolder.BEST, weights_only=True)
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key].float(), value.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_resuming_a_finished_run_or_an_unknown_one_is_one_line(tmp_path: Path, demo_cache: Path) -> None:
+    uri, checkpoints = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "checkpoints"
+    train(compose_config([*_overrides(demo_cache, uri, checkpoints), "trainer.max_epochs=1"]))
+    (run_id,) = [p.name for p in checkpoints.iterdir()]
+    with pytest.raises(MedtlError, match=f"run {run_id} already finished"):
+        train(compose_config([*_overrides(demo_cache, uri, checkpoints), f"trainer.resume={run_id}"]))
+    with pytest.raises(MedtlError, match="trainer.resume=nope: no run folder"):
+        train(compose_config([*_overrides(demo_cache, uri, checkpoints), "trainer.resume=nope"]))
+
+
+def test_a_damaged_training_state_is_named(tmp_path: Path) -> None:
+    folder = RunFolder.create(tmp_path, "abc", "sqlite:///x.db", "seed: 1\n")
+    (folder.path / RunFolder.LAST).write_bytes(b"")
+    assert find_run_folder("abc", tmp_path).path == folder.path
+    with pytest.raises(MedtlError, match=f"cannot read the training state {folder.path / RunFolder.LAST}"):
+        folder.load_last()
+
+
+def test_training_state_round_trips_tensors_only_and_replays_the_generators(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+    from monai.transforms import RandGaussianNoise
+
+    noise = RandGaussianNoise(prob=1.0)
+    noise.set_random_state(3)
+    state = TrainingState(epoch=2, best_epoch=1, best_score=0.9, history=[{"loss": 1.0}, {"loss": 0.5}],
+                          model=torch.nn.Linear(3, 2).state_dict(), rng=TrainingState.capture_rng([noise]))
+    torch.save(state.state_dict(), tmp_path / "s.pt")
+    loaded = TrainingState.from_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert (loaded.epoch, loaded.best_epoch, loaded.history) == (2, 1, state.history)
+
+    def draw() -> tuple:
+        return torch.rand(3).tolist(), np.random.rand(), random.random(), noise.R.rand()
+
+    first = draw()
+    TrainingState.restore_rng(loaded.rng, [noise])
+    assert draw() == first
+
+
+def test_finished_run_folders_beyond_the_retention_are_deleted(tmp_path: Path) -> None:
+    folders = []
+    for index in range(5):
+        folder = RunFolder.create(tmp_path, f"run{index}", "sqlite:///x.db", "seed: 1\n")
+        folder.save(RunFolder.BEST, {"w": torch.zeros(1)})
+        folder.save(RunFolder.LAST, {"w": torch.zeros(1)})
+        if index != 2:  # run2 was killed: resumable, never pruned
+            folder.finish()
+            os.utime(folder.path / RunFolder.FINISHED, (index, index))
+        folders.append(folder.path)
+    removed = prune_finished_runs(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["run0", "run1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run2", "run3", "run4"]
+    assert (tmp_path / "run2" / RunFolder.LAST).is_file() and not (tmp_path / "run4" / RunFolder.LAST).exists()
