@@ -22,7 +22,8 @@ import pandas as pd
 from monai.data import DataLoader
 
 from medtl.data.datamodule import ImageClassificationData, apply_label_map
-from medtl.data.manifest import list_images, manifest_from_tree, read_manifest, write_manifest
+from medtl.data.inventory import Inventory, scan_folder
+from medtl.data.manifest import read_manifest, scan_tree, write_manifest
 from medtl.data.shift import shift_for, write_shifted_site
 from medtl.data.split import stratified_group_holdout
 from medtl.errors import MedtlError
@@ -34,20 +35,26 @@ log = logging.getLogger(__name__)
 SITE_MANIFEST = "manifest.csv"
 
 
-def read_target_frame(path: str, patient_id_patterns: list[str]) -> pd.DataFrame:
+def read_target_frame(path: str, patient_id_patterns: list[str],
+                      inventory: Inventory | None = None) -> pd.DataFrame:
     """Target images from a manifest CSV (``label`` optional), a class-per-folder tree, or a folder of
-    plain images (unlabelled, each image its own patient). Unlabelled rows have ``label == ""``."""
+    plain images (unlabelled, each image its own patient). Unlabelled rows have ``label == ""``.
+    Files of a folder that are not used are added to ``inventory`` (with their reason)."""
     source = Path(path).expanduser()
+    inventory = inventory if inventory is not None else Inventory()
     if source.suffix.lower() == ".csv":
         frame = read_manifest(source, required=("path", "patient_id"))
         return frame if "label" in frame.columns else frame.assign(label="")
     if not source.is_dir():
         raise MedtlError(f"data.target={path} is neither a manifest CSV nor a folder; point it at target images")
-    plain = list_images(source)
-    if plain:
-        return pd.DataFrame({"path": [str(p.resolve()) for p in plain], "label": "",
-                             "patient_id": [p.stem for p in plain]})
-    return manifest_from_tree(source, patient_id_patterns)
+    plain = scan_folder(source, source)
+    if plain.used:
+        inventory.extend(plain)
+        return pd.DataFrame({"path": [os.path.abspath(p) for p in plain.used], "label": "",
+                             "patient_id": [p.stem for p in plain.used]})
+    frame, tree = scan_tree(source, patient_id_patterns)
+    inventory.extend(tree)
+    return frame
 
 
 def simulated_site(frame: pd.DataFrame, sites_dir: str, severity: str, fraction: float, seed: int,
@@ -113,8 +120,13 @@ class DomainAdaptationData(ImageClassificationData):
     def _load_frame(self) -> pd.DataFrame:
         frame = super()._load_frame()
         if self.target:
-            target = apply_label_map(read_target_frame(self.target, self.patient_id_patterns), self.label_map,
+            found = Inventory()
+            target = apply_label_map(read_target_frame(self.target, self.patient_id_patterns, found), self.label_map,
                                      "data.label_map")
+            if found.others:
+                log.warning("target %s: %s; listed in skipped_files.csv", self.target, found.summary())
+                self.skipped = pd.concat([self.skipped, found.frame().assign(status=lambda f: "target " + f["status"])],
+                                         ignore_index=True)
         else:
             sim = self.target_simulation
             frame, target = simulated_site(frame, self.sites_dir, str(sim["severity"]), float(sim["fraction"]),

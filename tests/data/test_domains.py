@@ -9,6 +9,7 @@ import pytest
 
 from medtl.data import DomainAdaptationData, ImageClassificationData
 from medtl.data.domains import read_target_frame, run_loaders, simulated_site
+from medtl.data.inventory import Inventory
 from medtl.data.readers import DicomOptions
 from medtl.errors import MedtlError
 from medtl.models.registry import WeightsInfo
@@ -26,8 +27,11 @@ def _demo(demo_cache: Path, **kwargs: object) -> dict:
 def test_target_formats(tmp_path: Path, write_png, demo_manifest: Path) -> None:
     for name in ("b.png", "a.png"):
         write_png(tmp_path / "plain" / name)
-    plain = read_target_frame(str(tmp_path / "plain"), [])
+    (tmp_path / "plain" / "notes.txt").write_text("site notes\n")
+    found = Inventory()
+    plain = read_target_frame(str(tmp_path / "plain"), [], found)
     assert list(plain["label"]) == ["", ""] and list(plain["patient_id"]) == ["a", "b"]
+    assert [(Path(o["path"]).name, o["status"]) for o in found.others] == [("notes.txt", "skipped")]
     write_png(tmp_path / "tree" / "NORMAL" / "x.png")
     write_png(tmp_path / "tree" / "PNEUMONIA" / "y.png")
     assert sorted(read_target_frame(str(tmp_path / "tree"), [])["label"]) == ["NORMAL", "PNEUMONIA"]
