@@ -169,6 +169,9 @@ class TrackingSchema:
     run_name: str = "medtl"
     log_model: bool = True
     tags: Dict[str, str] = field(default_factory=dict)
+    system_metrics: bool = True
+    register_model: Optional[str] = None
+    model_alias: str = "candidate"
 
 
 @dataclass

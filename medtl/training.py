@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 from hydra.utils import instantiate
@@ -19,9 +20,15 @@ from medtl.engine.evaluation import EvaluationReport, Evaluator
 from medtl.engine.state import RunFolder, TrainingState, find_run_folder, prune_finished_runs
 from medtl.errors import MedtlError
 from medtl.models import TransferModel, list_encoders
+from medtl.engine.loop import Predictions
+from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
+from medtl.tracking.run_info import model_card, run_description, run_inputs, run_tags
 
 __all__ = ["run_training", "resume_point"]
+
+if TYPE_CHECKING:
+    from medtl.data.check import CheckReport
 
 log = logging.getLogger("medtl.train")
 
@@ -48,12 +55,15 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         if resumed is None:
             tracker.log_config(cfg)
             tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
+            tracker.describe(run_tags(cfg), run_description(cfg, data.summary()))
+            tracker.log_datasets(run_inputs(cfg, data))
             tracker.log_data_check(check, data.skipped)
         else:
             tracker.log_missing_epochs(resumed.history)
         fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
                           adaptation=adaptation, target_loader=loaders.target_train, resume=resumed)
-        report = evaluator.report(trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta))
+        final = trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta)
+        report = evaluator.report(final)
         _log_report(tracker, report, fit.best_epoch, fit.seconds)
         metrics = dict(report.metrics)
         if loaders.target_eval is not None:
@@ -62,10 +72,19 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             _log_domain_report(tracker, domain)
             metrics.update(domain.metrics)
         model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(cfg, model, data, report))
+        registered = tracker.register(model_uri, _card(cfg, data, report, final, check))
         trainer.run_folder.finish()
     prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
-    _print_summary(metrics, tracker.run_id, model_uri)
+    _print_summary(metrics, tracker.run_id, registered or model_uri)
     return metrics
+
+
+def _card(cfg: DictConfig, data: ImageClassificationData, report: EvaluationReport, final: Predictions,
+          check: CheckReport | None) -> str:
+    """The registered model's card: the run's description, validation metrics with a bootstrap CI, warnings."""
+    scores = final.probs[:, 1] if final.probs.shape[1] == 2 else final.probs
+    ci = bootstrap_ci(final.labels, scores, seed=cfg.seed)
+    return model_card(cfg, data.summary(), report.metrics, ci, check.warnings if check is not None else [])
 
 
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, RunFolder | None, TrainingState | None]:

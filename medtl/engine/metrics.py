@@ -8,7 +8,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from medtl.errors import MedtlError
 
-__all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc"]
+__all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc", "bootstrap_ci"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,23 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     if probs.ndim == 1:
         return float(roc_auc_score(labels, probs))
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
+
+
+def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`auroc` over images resampled with replacement; resamples with
+    a single class are skipped. Returns ``(nan, nan)`` when no resample has both classes."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[index])) > 1:
+            values.append(auroc(labels[index], probs[index]))
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youden",

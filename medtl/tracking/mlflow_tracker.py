@@ -40,10 +40,13 @@ class MlflowTracker:
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, log_model: bool = True,
-                 tags: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, resume_run_id: str | None = None,
+                 system_metrics: bool = True, register_model: str | None = None,
+                 model_alias: str = "candidate") -> None:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.should_log_model, self.tags = log_model, dict(tags or {})
         self.run_id: str | None = resume_run_id
+        self.system_metrics, self.register_model, self.model_alias = system_metrics, register_model, model_alias
         self._previous_sigterm: Any = None
 
     def __enter__(self) -> MlflowTracker:
@@ -55,9 +58,10 @@ class MlflowTracker:
             mlflow.end_run(status="FAILED")
         owner = {"medtl.host": socket.gethostname(), "medtl.pid": str(os.getpid()), "medtl.pid_start": _start_time()}
         if self.run_id is None:
-            self.run_id = mlflow.start_run(run_name=self.run_name, tags={**self.tags, **owner}).info.run_id
+            self.run_id = mlflow.start_run(run_name=self.run_name, tags={**self.tags, **owner},
+                                           log_system_metrics=self.system_metrics).info.run_id
         else:
-            mlflow.start_run(run_id=self.run_id)
+            mlflow.start_run(run_id=self.run_id, log_system_metrics=self.system_metrics)
             mlflow.set_tags(owner)
         log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, self.uri)
         if threading.current_thread() is threading.main_thread():  # a scheduler's SIGTERM ends the run FAILED too
@@ -92,6 +96,28 @@ class MlflowTracker:
 
     def set_tag(self, key: str, value: str) -> None:
         mlflow.set_tag(key, value)
+
+    def describe(self, tags: Mapping[str, str], description: str) -> None:
+        """Tags to filter and group on, and the run's Description (``mlflow.note.content``) in the UI."""
+        mlflow.set_tags({**tags, "mlflow.note.content": description})
+
+    def log_datasets(self, inputs: list[tuple[str, Any]]) -> None:
+        """``(context, mlflow dataset)`` pairs as the run's dataset inputs (training, validation, target...)."""
+        for context, dataset in inputs:
+            mlflow.log_input(dataset, context=context)
+
+    def register(self, model_uri: str | None, card: str) -> str | None:
+        """With ``register_model`` set: register the logged model under that name, point ``model_alias`` at the new
+        version and give the version the model card as its description. Returns ``models:/<name>@<alias>``."""
+        if not self.register_model or model_uri is None:
+            return None
+        version = mlflow.register_model(model_uri, self.register_model, tags={"medtl.run_id": str(self.run_id)})
+        client = mlflow.MlflowClient()
+        client.update_model_version(self.register_model, version.version, description=card)
+        client.set_registered_model_alias(self.register_model, self.model_alias, version.version)
+        mlflow.set_tag("medtl.registered_model", f"{self.register_model}/{version.version}")
+        log.info("registered %s version %s as @%s", self.register_model, version.version, self.model_alias)
+        return f"models:/{self.register_model}@{self.model_alias}"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: _short(v) for k, v in params.items()})
