@@ -294,17 +294,19 @@ def _field_type(schema: Any, dotted: str) -> str:
 
 
 def check_overrides(overrides: list[str], config_module: str = "medtl.conf") -> None:
-    """Compose the command line's overrides once, so that a key Hydra cannot override (a typo, a missing
-    ``+``) is one line with a suggestion instead of Hydra's multi-line report. Sweeps (``-m``) are left to Hydra."""
+    """Compose the command line's overrides once and check them against the schemas, before Hydra starts the
+    job: a key Hydra cannot override (a typo, a missing ``+``) is one line with a suggestion instead of Hydra's
+    multi-line report. Sweeps (``-m``) are left to Hydra (each job is checked when it starts)."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
     plain = [o for o in overrides if not o.startswith(("-", "hydra.", "+hydra.", "~hydra."))]
     try:
         with initialize_config_module(config_module=config_module, version_base="1.3"):
-            compose(config_name="config", overrides=plain)
+            cfg = compose(config_name="config", overrides=plain)
     except (HydraException, OmegaConfBaseException) as exc:
         raise MedtlError(_override_message(exc, plain, config_module)) from None
+    validate_config(cfg)
 
 
 def _override_message(exc: Exception, overrides: list[str], config_module: str) -> str:

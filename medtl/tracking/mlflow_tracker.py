@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from medtl.models.loading import STATE_DICT_FILE
+from medtl.tracking.sweep import PARENT_RUN_ENV
 
 __all__ = ["MlflowTracker", "flatten_config", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
            "STATE_DICT_FILE"]
@@ -57,6 +58,8 @@ class MlflowTracker:
         if mlflow.active_run() is not None:  # left over by a crashed job in this process (Hydra -m)
             mlflow.end_run(status="FAILED")
         owner = {"medtl.host": socket.gethostname(), "medtl.pid": str(os.getpid()), "medtl.pid_start": _start_time()}
+        parent = os.environ.get(PARENT_RUN_ENV)  # set by the -m sweep's callback: this run is one of its children
+        owner.update({"mlflow.parentRunId": parent} if parent else {})
         if self.run_id is None:
             self.run_id = mlflow.start_run(run_name=self.run_name, tags={**self.tags, **owner},
                                            log_system_metrics=self.system_metrics).info.run_id

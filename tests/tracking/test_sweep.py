@@ -1,0 +1,35 @@
+"""A -m sweep folds into one parent MLflow run whose children are the jobs, with the summary on the parent."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from tests.conftest import small_demo_overrides
+
+
+def test_sweep_has_one_parent_with_a_child_per_job_and_a_summary(tmp_path: Path, demo_cache: Path,
+                                                                 demo_manifest: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "medtl.train", "-m", "+experiment=chest_xray", "model.strategy=linear_probe,scratch",
+         *small_demo_overrides(demo_cache), "data.image_size=32", "data.check=false", "trainer.max_epochs=1",
+         "trainer.features.epochs=2", "trainer.progress=false", "tracking.log_model=false", f"tracking.uri={uri}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("medtl.sweep") == "parent"]
+    assert len(runs) == 3 and len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.params["model.strategy"] for c in children) == ["linear_probe", "scratch"]
+    assert parent.info.status == "FINISHED" and "model.strategy=linear_probe,scratch" in \
+        parent.data.tags["medtl.sweep_overrides"]
+    summary = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                              artifact_path="sweep_summary.csv"))
+    assert sorted(summary["model.strategy"]) == ["linear_probe", "scratch"]
+    assert parent.data.metrics["best_final_val_auroc"] == summary["final_val_auroc"].max()
