@@ -10,13 +10,14 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from medtl import CONFIG_MODULE
 from medtl.config_schema import check_overrides, validate_config
 from medtl.errors import exit_on_user_error
 
-__all__ = ["train", "main"]
+__all__ = ["train", "main", "readable_run_name"]
 
 # Hydra's output folder carries the process id, so two runs started in the same microsecond never share one.
 OmegaConf.register_new_resolver("medtl.pid", os.getpid, replace=True)
@@ -34,7 +35,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point; returns validation AUROC so ``-m`` sweepers can optimise it."""
+    overrides = list(HydraConfig.get().overrides.task)
+    if not any(o.startswith("tracking.run_name=") for o in overrides):
+        cfg.tracking.run_name = readable_run_name(str(cfg.experiment_name), str(cfg.model.strategy),
+                                                  str(cfg.adaptation.get("method", "none")), overrides)
     return train(cfg)["auroc"]
+
+
+def readable_run_name(experiment: str, strategy: str, adaptation: str, overrides: list[str]) -> str:
+    """``chest_xray finetune max_epochs=5 root=chest_xray_kermany``: the experiment, its strategy (and adaptation),
+    then what this run's command line changed (the last part of each key and of paths; an encoder by its name)."""
+    parts = [strategy] + ([adaptation] if adaptation != "none" else [])
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in ("experiment", "model.strategy", "adaptation", "tracking.uri", "trainer.progress") \
+                or key.startswith("hydra."):
+            continue
+        short_key, short_value = key.rsplit(".", 1)[-1], value.rstrip("/").rsplit("/", 1)[-1]
+        parts.append(short_value if short_key == "encoder" else f"{short_key}={short_value}")
+    return " ".join([experiment, *parts])[:250]
 
 
 def main() -> None:

@@ -27,9 +27,21 @@ def test_sweep_has_one_parent_with_a_child_per_job_and_a_summary(tmp_path: Path,
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(c.data.params["model.strategy"] for c in children) == ["linear_probe", "scratch"]
+    assert sorted(c.info.run_name.split()[1] for c in children) == ["linear_probe", "scratch"]  # readable names
+    assert all(c.info.run_name.startswith("chest_xray ") and "image_size=32" in c.info.run_name for c in children)
     assert parent.info.status == "FINISHED" and "model.strategy=linear_probe,scratch" in \
         parent.data.tags["medtl.sweep_overrides"]
     summary = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="sweep_summary.csv"))
     assert sorted(summary["model.strategy"]) == ["linear_probe", "scratch"]
     assert parent.data.metrics["best_final_val_auroc"] == summary["final_val_auroc"].max()
+
+
+def test_readable_run_name_keeps_what_the_command_line_changed() -> None:
+    from medtl.train import readable_run_name
+
+    name = readable_run_name("chest_xray", "finetune", "mmd", [
+        "+experiment=chest_xray", "model.strategy=finetune", "data.root=../shared/data/chest_xray_kermany/",
+        "trainer.max_epochs=5", "tracking.uri=sqlite:///x.db", "adaptation=mmd", "model.encoder=resnet18"])
+    assert name == "chest_xray finetune mmd root=chest_xray_kermany max_epochs=5 resnet18"
+    assert readable_run_name("chest_xray", "linear_probe", "none", []) == "chest_xray linear_probe"
