@@ -82,17 +82,17 @@ class RadiographDicomReader(PydicomReader):
     """
 
     def __init__(self, options: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS,
-                 **kwargs: Any) -> None:
+                 gzipped: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("swap_ij", False)
         kwargs.setdefault("prune_metadata", True)
         kwargs.setdefault("force", True)  # read pre-standard files without the DICM preamble, as viewers do
         super().__init__(**kwargs)
-        self.options, self.max_pixels = options, max_pixels
+        self.options, self.max_pixels, self.gzipped = options, max_pixels, gzipped
 
     def read(self, data: Any, **kwargs: Any) -> Any:
-        """One file, plain or gzipped (``.dcm.gz``; decompressed with a size cap, never to disk)."""
+        """One file, plain or (``gzipped``) gzip-compressed, decompressed in memory with a size cap."""
         name = str(data[0] if isinstance(data, (list, tuple)) else data)
-        if sniff(name) != "dicom.gz":
+        if not self.gzipped:
             return super().read(data, **kwargs)
         self.filenames, self.has_series = [name], False
         return pydicom.dcmread(io.BytesIO(_gunzip_capped(name, self.max_pixels * 8)), **{**self.kwargs, **kwargs})
@@ -168,6 +168,7 @@ class LoadRadiograph(Transform):
             logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
             self._loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
         self._dicom_reader, self._pil_reader = RadiographDicomReader(dicom, max_pixels), GreyPILReader(max_pixels)
+        self._dicom_gz_reader = RadiographDicomReader(dicom, max_pixels, gzipped=True)
 
     def __call__(self, path: str) -> Any:
         try:
@@ -189,7 +190,7 @@ class LoadRadiograph(Transform):
         if kind in ("png", "jpeg", "tiff", "bmp") or (kind == "unknown" and str(path).lower().endswith(PIL_SUFFIXES)):
             return self._pil_reader
         if kind in ("dicom", "dicom.gz"):
-            return self._dicom_reader
+            return self._dicom_gz_reader if kind == "dicom.gz" else self._dicom_reader
         reason = {"empty": "the file is empty (0 bytes)", "nifti": "it is a NIfTI volume, not a 2D image",
                   "gzip": "it is gzip-compressed but holds no DICOM"}.get(
             kind, "it is neither DICOM (no DICM marker) nor PNG, JPEG, TIFF or BMP")
