@@ -50,7 +50,20 @@ def one_run(args: argparse.Namespace, severity: str, method: str, seed: int) -> 
     start = time.perf_counter()
     metrics = train(cfg)
     return {"severity": severity, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
-            "source_auroc": metrics["auroc"], **{k: v for k, v in metrics.items() if k.startswith(("target_", "proxy", "unadapted_"))}}
+            "source_auroc": metrics["val/final_auroc"], **target_columns(metrics)}
+
+
+def target_columns(metrics: dict[str, float]) -> dict[str, float]:
+    """``target/auroc`` -> ``target_auroc``, ``target/unadapted_proxy_a_distance`` -> ``unadapted_proxy_a_distance``:
+    the run's target metrics under this benchmark's column names (those of its earlier result tables)."""
+    columns = {}
+    for key, value in metrics.items():
+        name = key.removeprefix("target/")
+        if name == key:
+            continue
+        prefix, name = ("unadapted_", name.removeprefix("unadapted_")) if name.startswith("unadapted_") else ("", name)
+        columns[prefix + (name if name.startswith(("proxy_", "adapt_")) else f"target_{name}")] = value
+    return columns
 
 
 def source_only_from_adabn(runs: list[dict]) -> list[dict]:

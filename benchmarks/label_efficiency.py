@@ -29,6 +29,7 @@ from hydra.utils import instantiate  # noqa: E402
 from medtl import CONFIG_DIR  # noqa: E402
 from medtl.provenance import git_commit, machine_description, markdown_table  # noqa: E402
 from medtl.train import train  # noqa: E402
+from medtl.training import final_validation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = {
@@ -63,7 +64,7 @@ def one_run(args: argparse.Namespace, strategy: str, fraction: float, seed: int)
     start = time.perf_counter()
     metrics = train(cfg)
     return {"strategy": strategy, "fraction": fraction, "seed": seed, "labels": labels,
-            "seconds": time.perf_counter() - start, **metrics}
+            "seconds": time.perf_counter() - start, **final_validation(metrics)}
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from medtl import CONFIG_DIR
 from medtl.provenance import git_commit, machine_description
 from medtl.train import train
+from medtl.training import final_validation
 
 HERE = Path(__file__).resolve().parent
 STRATEGY_OVERRIDES = {
@@ -41,7 +42,7 @@ def run_strategy(strategy: str, data: str, image_size: int, extra: list[str]) ->
         cfg = compose(config_name="config", overrides=overrides)
     start = time.perf_counter()
     metrics = train(cfg)
-    return {"strategy": strategy, "seconds": round(time.perf_counter() - start, 1), "overrides": overrides, **metrics}
+    return {"strategy": strategy, "seconds": round(time.perf_counter() - start, 1), "overrides": overrides, **final_validation(metrics)}
 
 
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:

@@ -172,6 +172,7 @@ class TrackingSchema:
     system_metrics: bool = True
     register_model: Optional[str] = None
     model_alias: str = "candidate"
+    extra_params: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -220,7 +221,8 @@ SCHEMAS: dict[str, type] = {
     "medtl.adaptation.build_adaptation": AdaptationSchema,
     "medtl.engine.evaluation.Evaluator": EvaluationSchema,
 }
-ROOT_KEYS = ("data", "model", "adaptation", "trainer", "tracking", "evaluation", "experiment_name", "seed", "hydra")
+ROOT_KEYS = ("data", "model", "adaptation", "trainer", "tracking", "evaluation", "experiment_name", "seed",
+             "optimized_metric", "hydra")
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtl import CONFIG_MODULE
 from medtl.config_schema import check_overrides, validate_config
-from medtl.errors import exit_on_user_error
+from medtl.errors import MedtlError, exit_on_user_error
+from medtl.tracking.params import override_keys
 
-__all__ = ["train", "main", "readable_run_name"]
+__all__ = ["train", "main", "readable_run_name", "optimized_value"]
 
 # Hydra's output folder carries the process id, so two runs started in the same microsecond never share one.
 OmegaConf.register_new_resolver("medtl.pid", os.getpid, replace=True)
@@ -34,12 +35,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="config")
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns validation AUROC so ``-m`` sweepers can optimise it."""
+    """Hydra entry point; returns the run's ``optimized_metric`` (for example ``val/best_auroc``, or
+    ``target/auroc`` for domain adaptation) so ``-m`` sweepers such as Optuna can optimise it."""
     overrides = list(HydraConfig.get().overrides.task)
     if not any(o.startswith("tracking.run_name=") for o in overrides):
         cfg.tracking.run_name = readable_run_name(str(cfg.experiment_name), str(cfg.model.strategy),
                                                   str(cfg.adaptation.get("method", "none")), overrides)
-    return train(cfg)["auroc"]
+    cfg.tracking.extra_params = [*cfg.tracking.get("extra_params", []), *override_keys(overrides)]
+    return optimized_value(train(cfg), str(cfg.get("optimized_metric", "val/best_auroc")))
+
+
+def optimized_value(metrics: dict[str, float], name: str) -> float:
+    """``metrics[name]``; a name the run did not produce is an error naming the ones it did."""
+    if name not in metrics:
+        raise MedtlError(f"optimized_metric={name} is not a metric of this run; choose one of {sorted(metrics)}")
+    return float(metrics[name])
 
 
 def readable_run_name(experiment: str, strategy: str, adaptation: str, overrides: list[str]) -> str:

@@ -20,12 +20,12 @@ from medtl.engine.evaluation import EvaluationReport, Evaluator
 from medtl.engine.state import RunFolder, TrainingState, find_run_folder, prune_finished_runs
 from medtl.errors import MedtlError
 from medtl.models import TransferModel, list_encoders
-from medtl.engine.loop import Predictions
+from medtl.engine.loop import FitResult, Predictions
 from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
 from medtl.tracking.run_info import model_card, run_description, run_inputs, run_tags
 
-__all__ = ["run_training", "resume_point"]
+__all__ = ["run_training", "resume_point", "final_validation"]
 
 if TYPE_CHECKING:
     from medtl.data.check import CheckReport
@@ -35,7 +35,8 @@ log = logging.getLogger("medtl.train")
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
     """Seed -> data -> model -> adaptation -> tracking -> fit -> evaluate (source, then target) -> log;
-    return the final source-validation metrics (plus ``target_*`` ones with a target domain).
+    return the run's summary metrics under their MLflow names (``val/final_auroc``, ``val/best_auroc``,
+    ``train/epochs``..., and ``target/*`` with a target domain).
     With ``trainer.resume`` the run continues from its folder's ``last.pt``, in its own MLflow run."""
     cfg, folder, resumed = resume_point(cfg)
     _check_names(cfg)
@@ -53,9 +54,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     with instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None) as tracker:
         trainer.run_folder = _open_run_folder(cfg, tracker, folder)
         if resumed is None:
-            tracker.log_config(cfg)
-            tracker.log_params({**data.summary(), "weights_source": model.encoder.weights_info.source})
-            tracker.describe(run_tags(cfg), run_description(cfg, data.summary()))
+            tracker.log_config(cfg, trains_on_features=trainer.trains_on_features(model, adaptation))
+            tracker.log_metrics({f"data/{k}": v for k, v in data.summary().items()})
+            tracker.describe({**run_tags(cfg), "medtl.weights_source": model.encoder.weights_info.source},
+                             run_description(cfg, data.summary()))
             tracker.log_datasets(run_inputs(cfg, data))
             tracker.log_data_check(check, data.skipped)
         else:
@@ -64,8 +66,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                           adaptation=adaptation, target_loader=loaders.target_train, resume=resumed)
         final = trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta)
         report = evaluator.report(final)
-        _log_report(tracker, report, fit.best_epoch, fit.seconds)
-        metrics = dict(report.metrics)
+        metrics = _log_report(tracker, report, fit)
         if loaders.target_eval is not None:
             domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
                                      trainer.progress, cfg.seed)
@@ -77,6 +78,11 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
     _print_summary(metrics, tracker.run_id, registered or model_uri)
     return metrics
+
+
+def final_validation(metrics: dict[str, float]) -> dict[str, float]:
+    """The final validation metrics of :func:`run_training`'s result without their prefix: ``{"auroc": ...}``."""
+    return {k.removeprefix("val/final_"): v for k, v in metrics.items() if k.startswith("val/final_")}
 
 
 def _card(cfg: DictConfig, data: ImageClassificationData, report: EvaluationReport, final: Predictions,
@@ -126,12 +132,17 @@ def _check_names(cfg: DictConfig) -> None:
                          f"{list_adaptations()}")
 
 
-def _log_report(tracker: MlflowTracker, report: EvaluationReport, best_epoch: int, seconds: float) -> None:
-    tracker.log_metrics({f"final_val_{k}": v for k, v in report.metrics.items()})
-    tracker.log_metrics({"best_epoch": best_epoch, "fit_seconds": seconds})
+def _log_report(tracker: MlflowTracker, report: EvaluationReport, fit: FitResult) -> dict[str, float]:
+    """Log and return the run's summary metrics: the final evaluation (``val/final_*``), the best epoch's score
+    (``val/best_auroc``, ``val/best_epoch``) and the training time and epochs actually trained."""
+    metrics = {f"val/final_{k}": v for k, v in report.metrics.items()}
+    metrics.update({"val/best_auroc": fit.best_score, "val/best_epoch": fit.best_epoch,
+                    "train/epochs": len(fit.history), "train/seconds": fit.seconds})
+    tracker.log_metrics(metrics)
     tracker.log_frame(report.predictions, "val_predictions.csv")
     for name, figure in report.figures.items():
         tracker.log_figure(figure, name)
+    return metrics
 
 
 def _log_domain_report(tracker: MlflowTracker, domain: DomainReport) -> None:
@@ -173,9 +184,9 @@ def _model_metadata(cfg: DictConfig, model: TransferModel, data: ImageClassifica
 
 
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:
-    source = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith(("target_", "proxy_", "unadapted_", "adapt_")))
-    print(f"\nvalidation: {source}")
-    target = {k: v for k, v in metrics.items() if k.startswith(("target_", "proxy_", "unadapted_", "adapt_"))}
+    print("\nvalidation: " + ", ".join(f"{k.removeprefix('val/final_')}={v:.4f}" for k, v in metrics.items()
+                                     if k.startswith("val/final_")))
+    target = {k.removeprefix("target/"): v for k, v in metrics.items() if k.startswith("target/")}
     if target:
         print("target: " + ", ".join(f"{k}={v:.4f}" for k, v in target.items()))
     print(f"MLflow run id: {run_id}")

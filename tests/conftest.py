@@ -35,9 +35,9 @@ def demo_manifest(demo_cache: Path) -> Path:
     return ensure_demo_chest_xray(demo_cache, SMALL_DEMO)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def small_demo_overrides(demo_cache: Path) -> list[str]:

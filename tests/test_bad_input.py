@@ -94,8 +94,8 @@ def test_on_error_skip_trains_without_the_file_and_lists_it(tmp_path: Path, writ
                f"tracking.uri={uri}", "tracking.log_model=false"])
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")[0]
-    assert run.info.status == "FINISHED" and run.data.params["data.skipped_files"] == "1"
-    assert run.data.metrics["data_check.unreadable"] == 1
+    assert run.info.status == "FINISHED" and run.data.metrics["data/skipped_files"] == 1
+    assert run.data.metrics["data_check/unreadable"] == 1
     skipped = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/skipped_files.csv")
     assert "NORMAL3.png" in skipped
-    assert sum(int(v) for k, v in run.data.params.items() if k.startswith("n_images.")) == 15
+    assert sum(int(v) for k, v in run.data.metrics.items() if k.startswith("data/n_images.")) == 15

@@ -61,3 +61,12 @@ def test_overrides_reach_the_objects() -> None:
 def test_defaults_list_has_no_experiment_entry() -> None:
     text = (CONFIG_DIR / "config.yaml").read_text()
     assert "experiment" not in text.split("defaults:")[1].split("\n\n")[0]
+
+
+@pytest.mark.parametrize("experiment", ["chest_xray", "chest_xray_da", "brain_mri", "brain_mri_da"])
+def test_optuna_search_composes_and_judges_domain_adaptation_on_the_target(experiment: str) -> None:
+    search = "optuna_da" if experiment.endswith("_da") else "optuna"
+    cfg = compose_config([f"+experiment={experiment}", f"hparams_search={search}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+    assert "trainer.lr" in cfg.hydra.sweeper.params
+    assert cfg.optimized_metric == ("target/auroc" if experiment.endswith("_da") else "val/best_auroc")

@@ -88,3 +88,11 @@ def test_cli_stops_in_one_line_before_importing_torch_or_reading_data(tmp_path: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("medtl: error: config key ")
     assert override.split("=")[0] in lines[0]
+
+
+def test_the_optimized_metric_must_be_one_the_run_produced() -> None:
+    from medtl.train import optimized_value
+
+    assert optimized_value({"val/best_auroc": 0.9, "target/auroc": 0.7}, "target/auroc") == 0.7
+    with pytest.raises(MedtlError, match=r"optimized_metric=val/auroc is not a metric of this run.*val/best_auroc"):
+        optimized_value({"val/best_auroc": 0.9}, "val/auroc")

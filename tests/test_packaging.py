@@ -54,7 +54,7 @@ def test_wheel_runs_the_demo_and_predicts(wheel_env: Path, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")[0]
-    assert run.info.status == "FINISHED" and run.data.metrics["final_val_auroc"] > 0.5
+    assert run.info.status == "FINISHED" and run.data.metrics["val/final_auroc"] > 0.5
     images = next((tmp_path / "demo").glob("*/*.csv"))  # the demo manifest: predict reads CSVs too
     predicted = subprocess.run(
         [str(wheel_env / "bin" / "medtl-predict"), f"model={run.data.tags['medtl.model_uri']}", f"input={images}",

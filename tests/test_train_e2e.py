@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from medtl.predict import predict
 from medtl.train import train
+from medtl.training import final_validation
 from tests.conftest import compose_config
 
 
@@ -26,20 +27,23 @@ def test_train_logs_a_finished_run_with_metrics_artefacts_and_model(trained_run:
     run, metrics = trained_run["run"], trained_run["metrics"]
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "chest_xray-linear_probe"
-    assert set(metrics) == {"auroc", "accuracy", "sensitivity", "specificity", "threshold"}
-    assert 0.0 <= metrics["auroc"] <= 1.0
-    for key in ("train_loss", "val_auroc", "final_val_auroc", "final_val_sensitivity", "best_epoch"):
+    assert set(metrics) == {"val/final_auroc", "val/final_accuracy", "val/final_sensitivity", "val/final_specificity",
+                            "val/final_threshold", "val/best_auroc", "val/best_epoch", "train/epochs", "train/seconds"}
+    assert metrics["train/epochs"] == 3  # the head's epochs on cached features, not trainer.max_epochs
+    assert 0.0 <= metrics["val/final_auroc"] <= 1.0
+    for key in ("train/loss", "val/auroc", "val/final_auroc", "val/final_sensitivity", "val/best_auroc", "val/best_epoch",
+                "train/epochs", "data/inputs.used"):
         assert key in run.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auroc")
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/auroc")
     assert [m.step for m in history] == [0, 1, 2]  # trainer.features.epochs=3 (cached-feature linear probe)
     assert run.data.params["model.strategy"] == "linear_probe"
-    assert run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.params["trainer.features.epochs"] == "3" and "trainer.max_epochs" not in run.data.params
     client = mlflow.MlflowClient()
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artefacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"config.yaml", "val_predictions.csv", "plots/roc_curve.png", "plots/confusion_matrix.png",
             "data_check.json"} <= artefacts
-    assert run.data.metrics["data_check.unreadable"] == 0 and run.data.params["data.skipped_files"] == "0"
+    assert run.data.metrics["data_check/unreadable"] == 0 and run.data.metrics["data/skipped_files"] == 0
     preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
     assert list(preds.columns) == ["path", "label", "score", "pred"]
     assert preds["score"].between(0, 1).all() and set(preds["label"]) == {"NORMAL", "PNEUMONIA"}
@@ -74,8 +78,8 @@ def test_predict_with_the_logged_model(trained_run: dict, demo_manifest: Path, t
 
 def test_training_is_deterministic_when_seeded(tiny_overrides: list[str]) -> None:
     overrides = [*tiny_overrides, "trainer.max_epochs=1", "tracking.log_model=false"]
-    first = train(compose_config(overrides))
-    second = train(compose_config(overrides))
+    first, second = (train(compose_config(overrides)) for _ in range(2))
+    assert first.pop("train/seconds") > 0 and second.pop("train/seconds") > 0  # wall time is not seeded
     assert first == pytest.approx(second)
 
 
@@ -84,20 +88,20 @@ def test_demo_data_is_learnable_to_auroc_090(tmp_path: Path, demo_cache: Path) -
     cfg = compose_config(["+experiment=chest_xray", f"data.demo_dir={demo_cache}", "data.image_size=128",
                           "trainer.max_epochs=4", "trainer.progress=false", "tracking.log_model=false",
                           f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
-    assert train(cfg)["auroc"] >= 0.9
+    assert train(cfg)["val/final_auroc"] >= 0.9
 
 
 def test_training_from_the_disk_cache(tiny_overrides: list[str], tmp_path: Path) -> None:
     overrides = [*tiny_overrides, "trainer.max_epochs=1", "tracking.log_model=false", "data.cache=disk",
                  f"data.cache_dir={tmp_path / 'cache'}"]
-    first = train(compose_config(overrides))
+    first = final_validation(train(compose_config(overrides)))
     assert len(list((tmp_path / "cache").glob("*.pt"))) > 0
-    assert train(compose_config(overrides)) == pytest.approx(first)  # same result when read back from disk
+    assert final_validation(train(compose_config(overrides))) == pytest.approx(first)  # same, read back from disk
 
 
 def test_final_evaluation_with_tta(tiny_overrides: list[str]) -> None:
     overrides = [*tiny_overrides, "trainer.max_epochs=1", "trainer.features.epochs=2", "tracking.log_model=false"]
     plain = train(compose_config(overrides))
     with_tta = train(compose_config([*overrides, "evaluation.tta=true"]))
-    assert 0.0 <= with_tta["auroc"] <= 1.0
+    assert 0.0 <= with_tta["val/final_auroc"] <= 1.0
     assert with_tta != pytest.approx(plain)  # same model and data; the averaged views change the scores

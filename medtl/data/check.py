@@ -82,9 +82,9 @@ class CheckReport:
 
     def summary(self) -> dict[str, float]:
         """Numbers worth logging with a training run."""
-        return {"data_check.unreadable": len(self.unreadable), "data_check.exact_duplicates": len(self.exact_duplicates),
-                "data_check.near_duplicates": len(self.near_duplicates), "data_check.leaks": len(self.leaks),
-                "data_check.shortcut_auroc": float("nan") if self.shortcut_auroc is None else self.shortcut_auroc}
+        return {"data_check/unreadable": len(self.unreadable), "data_check/exact_duplicates": len(self.exact_duplicates),
+                "data_check/near_duplicates": len(self.near_duplicates), "data_check/leaks": len(self.leaks),
+                "data_check/shortcut_auroc": float("nan") if self.shortcut_auroc is None else self.shortcut_auroc}
 
 
 def inspect_image(path: str, loader: LoadRadiograph) -> ImageFacts:

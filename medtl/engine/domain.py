@@ -57,13 +57,13 @@ def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0, max_
 
 
 def target_metrics(labels: np.ndarray, probs: np.ndarray, source_threshold: float | None) -> dict[str, float]:
-    """``target_*`` metrics of ``probs`` ``(N, K)``; binary ones at the threshold chosen on the source."""
+    """Target metrics of ``probs`` ``(N, K)`` (unprefixed); binary ones at the threshold chosen on the source."""
     if probs.shape[1] != 2:
-        return {f"target_{k}": v for k, v in multiclass_metrics(labels, probs).items()}
+        return multiclass_metrics(labels, probs)
     at_source = binary_metrics(labels, probs[:, 1], source_threshold if source_threshold is not None else 0.5)
-    return {"target_auroc": at_source.auroc, "target_accuracy_at_source_threshold": at_source.accuracy,
-            "target_sensitivity_at_source_threshold": at_source.sensitivity,
-            "target_specificity_at_source_threshold": at_source.specificity}
+    return {"auroc": at_source.auroc, "accuracy_at_source_threshold": at_source.accuracy,
+            "sensitivity_at_source_threshold": at_source.sensitivity,
+            "specificity_at_source_threshold": at_source.specificity}
 
 
 @torch.no_grad()
@@ -72,7 +72,8 @@ def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loader
                     progress: bool = True, seed: int = 0) -> DomainReport:
     """Adapt ``model`` to the target, predict the target (``target_test``, else the unlabelled ``target_eval``),
     and compare source-validation and target features. When ``adapt()`` hands over another model (AdaBN),
-    the unadapted model's target metrics are reported too, as ``unadapted_*``, with ``adapt_seconds``."""
+    the unadapted model's target metrics are reported too, as ``target/unadapted_*``, with ``target/adapt_seconds``.
+    Metrics are named ``target/<name>`` (``target/auroc``, ``target/proxy_a_distance``...)."""
     start = time.perf_counter()
     target_model = adaptation.adapt(model, loaders.target_eval, device)
     adapt_seconds = time.perf_counter() - start
@@ -82,6 +83,7 @@ def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loader
         unadapted = _target_side(model, loaders, source, source_threshold, device, progress, seed)[2]
         metrics.update({f"unadapted_{k}": v for k, v in unadapted.items()})
         metrics["adapt_seconds"] = adapt_seconds
+    metrics = {f"target/{k}": v for k, v in metrics.items()}
     figures = {"domain_features.png": _embedding(source, target, classes, seed)}
     if loaders.target_test is not None and len(classes) == 2:
         figures["target_roc_curve.png"] = roc_figure(target.labels, probs[:, 1], classes[1], source_threshold,

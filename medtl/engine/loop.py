@@ -249,9 +249,9 @@ class Trainer:
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
             metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target)
-            metrics.update({f"val_{k}": v for k, v in score(self.predict(model, val_loader)).items()})
+            metrics.update({f"val/{k}": v for k, v in score(self.predict(model, val_loader)).items()})
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if state.record(epoch, metrics, metrics[f"val_{monitor}"], model, patience) and save_best:
+            if state.record(epoch, metrics, metrics[f"val/{monitor}"], model, patience) and save_best:
                 self._save(RunFolder.BEST, state.best_state)
             state.model, state.optimizer, state.scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
             state.adaptation = target.method.state_dict() if target is not None else {}
@@ -260,7 +260,7 @@ class Trainer:
             if on_epoch_end:
                 on_epoch_end(metrics, epoch)
             if state.done:
-                log.info("early stopping: no better val_%s for %d epochs", monitor, patience)
+                log.info("early stopping: no better val/%s for %d epochs", monitor, patience)
                 break
         model.load_state_dict(state.best_state)
         return FitResult(state.best_epoch, state.best_score, state.best_state, state.history)
@@ -300,8 +300,8 @@ class Trainer:
     def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int,
                      target: TargetStream | None = None) -> dict[str, float]:
-        """One pass over ``loader``; returns ``train_loss``, ``train_images_per_s`` (source images per
-        second, data loading included) and, with a target, ``adaptation_loss`` and the method's epoch metrics."""
+        """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second,
+        data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics."""
         model.train()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         losses: list[float] = []
@@ -320,13 +320,14 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-            adaptation_losses.append(float(adaptation_loss))
+            adaptation_losses.append(float(torch.as_tensor(adaptation_loss).detach()))
             images += len(batch["label"])
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        metrics = {"train_loss": float(np.mean(losses)), "train_images_per_s": images / (time.perf_counter() - start)}
+        metrics = {"train/loss": float(np.mean(losses)), "train/images_per_s": images / (time.perf_counter() - start)}
         if target is None:
             return metrics
-        return {**metrics, "adaptation_loss": float(np.mean(adaptation_losses)), **target.method.epoch_metrics()}
+        method = {f"train/{k}": v for k, v in target.method.epoch_metrics().items()}
+        return {**metrics, "train/adaptation_loss": float(np.mean(adaptation_losses)), **method}
 
     def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None,
               progress: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,9 +22,11 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from medtl.models.loading import STATE_DICT_FILE
+from medtl.tracking.params import compared_params
+from medtl.tracking.run_info import dataset_name
 from medtl.tracking.sweep import PARENT_RUN_ENV
 
-__all__ = ["MlflowTracker", "flatten_config", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
+__all__ = ["MlflowTracker", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
            "STATE_DICT_FILE"]
 
 log = logging.getLogger(__name__)
@@ -38,16 +40,18 @@ class MlflowTracker:
         uri: tracking URI; the default ``sqlite:///mlflow.db`` is what ``mlflow ui`` opens in the same folder.
         experiment: MLflow experiment name.
         run_name: run name shown in the UI.
+        extra_params: config keys logged as params beyond the compared ones (the command line's overrides).
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, log_model: bool = True,
                  tags: Mapping[str, str] | None = None, resume_run_id: str | None = None,
                  system_metrics: bool = True, register_model: str | None = None,
-                 model_alias: str = "candidate") -> None:
+                 model_alias: str = "candidate", extra_params: Sequence[str] = ()) -> None:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.should_log_model, self.tags = log_model, dict(tags or {})
         self.run_id: str | None = resume_run_id
         self.system_metrics, self.register_model, self.model_alias = system_metrics, register_model, model_alias
+        self.extra_params = list(extra_params)
         self._previous_sigterm: Any = None
 
     def __enter__(self) -> MlflowTracker:
@@ -78,11 +82,11 @@ class MlflowTracker:
             self._previous_sigterm = None
         mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
 
-    def log_config(self, cfg: DictConfig) -> None:
-        """Log the flattened resolved config as params and the full YAML as ``config.yaml``."""
-        params = flatten_config(OmegaConf.to_container(cfg, resolve=True))
-        params.pop("trainer.resume", None)  # a resumed run keeps the params it started with
-        mlflow.log_params(params)
+    def log_config(self, cfg: DictConfig, trains_on_features: bool = False) -> None:
+        """Log the params a person compares (:func:`~medtl.tracking.params.compared_params`, plus
+        ``extra_params``) and the whole resolved config as the ``config.yaml`` artefact."""
+        params = compared_params(cfg, trains_on_features, dataset_name(cfg), self.extra_params)
+        self.log_params({key: _param_text(value) for key, value in params.items()})
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
     def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
@@ -132,7 +136,7 @@ class MlflowTracker:
             mlflow.log_text(report.to_json(), "data_check.json")
             for index, warning in enumerate(report.warnings):
                 mlflow.set_tag(f"medtl.warning.{index}", warning[:MAX_PARAM_LENGTH])
-        self.log_params({"data.skipped_files": len(skipped)})
+        self.log_metrics({"data/skipped_files": len(skipped)})
         if len(skipped):
             self.log_frame(skipped, "skipped_files.csv")
 
@@ -221,14 +225,13 @@ def _alive(pid: int, started: str) -> bool:
     return not started or _start_time(pid) in ("", started)
 
 
-def flatten_config(tree: Any, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values cut to :data:`MAX_PARAM_LENGTH` characters."""
-    if isinstance(tree, Mapping):
-        flat: dict[str, str] = {}
-        for key, value in tree.items():
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): _short(tree)}
+def _param_text(value: Any) -> str:
+    """A param's value as the command line writes it: ``[a, b]`` for lists, ``{k: v}`` for maps."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_param_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_param_text(v) for v in value) + "]"
+    return str(value)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 import medtl
 from medtl.provenance import git_commit
+from medtl.tracking.params import path_name
 
 __all__ = ["dataset_name", "run_tags", "run_description", "dataset_inputs", "run_inputs", "model_card"]
 
@@ -20,11 +21,7 @@ __all__ = ["dataset_name", "run_tags", "run_description", "dataset_inputs", "run
 def dataset_name(cfg: DictConfig) -> str:
     """``chest_xray_kermany`` for ``data.root=../shared/data/chest_xray_kermany``, a manifest's stem, or ``demo``."""
     source = cfg.data.get("source") or cfg.data.get("manifest") or cfg.data.get("root")
-    if not source:
-        return f"{cfg.experiment_name}-demo"
-    path = Path(str(source))
-    return path.stem if path.suffix else (path.name if path.name not in ("train", "val", "test") else
-                                          f"{path.parent.name}/{path.name}")
+    return path_name(str(source)) if source else f"{cfg.experiment_name}-demo"
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:

@@ -4,7 +4,8 @@ Hydra calls :class:`MlflowSweepCallback` (``hydra.callbacks`` in ``conf/config.y
 after the last. The parent's id reaches the jobs through ``MEDTL_PARENT_RUN_ID`` (the basic launcher runs them in
 this process; cluster launchers pass the environment on); :class:`~medtl.tracking.MlflowTracker` tags each
 job's run with it, so the runs table folds a sweep into one row. At the end the parent holds the sweep's summary
-(``sweep_summary.csv``: each child's swept values, status and final metrics) and its best ``final_val_auroc``.
+(``sweep_summary.csv``: each child's swept values, status and final metrics) and the best ``val/best_auroc`` (and
+``target/auroc``) of its children, in the same columns as theirs.
 MLflow is imported only when a sweep starts, so single runs stay quick to start.
 """
 from __future__ import annotations
@@ -22,7 +23,10 @@ __all__ = ["MlflowSweepCallback", "PARENT_RUN_ENV"]
 
 log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "MEDTL_PARENT_RUN_ID"
-SUMMARY_METRICS = ("final_val_auroc", "final_val_accuracy", "best_epoch", "target_auroc", "fit_seconds")
+SUMMARY_METRICS = ("val/best_auroc", "val/final_auroc", "val/final_accuracy", "val/best_epoch", "target/auroc",
+                   "train/epochs", "train/seconds")
+BEST_OF_CHILDREN = ("val/best_auroc", "target/auroc")  # the parent row shows the sweep's best under the same column
+GROUP_PARAMS = {"adaptation": "adaptation.method", "model": "model.encoder"}  # a config group's choice, as a param
 
 
 class MlflowSweepCallback(Callback):
@@ -37,6 +41,8 @@ class MlflowSweepCallback(Callback):
         experiment = mlflow.set_experiment(str(config.tracking.experiment))
         overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []  # HydraConfig is not set yet
         swept = [o for o in overrides if "," in o or "(" in o]
+        searched = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}  # Optuna's search space
+        swept += [f"{key}={value}" for key, value in searched.items() if f"{key}=" not in " ".join(swept)]
         run = mlflow.MlflowClient().create_run(
             experiment.experiment_id, run_name=f"{config.experiment_name}-sweep",
             tags={"medtl.sweep": "parent", "medtl.sweep_overrides": " ".join(swept)[:500],
@@ -60,8 +66,9 @@ class MlflowSweepCallback(Callback):
             path = Path(tmp) / "sweep_summary.csv"
             table.to_csv(path, index=False)
             client.log_artifact(parent, str(path))
-        if "final_val_auroc" in table and table["final_val_auroc"].notna().any():
-            client.log_metric(parent, "best_final_val_auroc", float(table["final_val_auroc"].max()))
+        for metric in BEST_OF_CHILDREN:
+            if metric in table and table[metric].notna().any():
+                client.log_metric(parent, metric, float(table[metric].max()))
         failed = any(c.info.status != "FINISHED" for c in children) or not children
         client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
 
@@ -73,7 +80,8 @@ def summary_table(children: list, swept_keys: list[str]) -> Any:
     rows = []
     for child in sorted(children, key=lambda c: c.info.start_time):
         row = {"run_id": child.info.run_id, "run_name": child.info.run_name, "status": child.info.status}
-        row.update({key: child.data.params.get(key, "") for key in swept_keys})
+        params = child.data.params
+        row.update({key: params.get(key, params.get(GROUP_PARAMS.get(key, ""), "")) for key in swept_keys})
         row.update({m: child.data.metrics.get(m) for m in SUMMARY_METRICS if m in child.data.metrics})
         rows.append(row)
     return pd.DataFrame(rows)

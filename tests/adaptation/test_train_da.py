@@ -47,8 +47,8 @@ def test_every_method_trains_and_logs_both_domains(method: str, da_overrides: li
     run = _only_run(cfg)
     assert run.info.status == "FINISHED" and run.info.run_name == f"chest_xray_da-{method}"
     assert run.data.tags["medtl.adaptation"] == method
-    for key in ("auroc", "target_auroc", "target_accuracy_at_source_threshold", "proxy_a_distance"):
-        assert 0.0 <= metrics[key] <= (2.0 if key == "proxy_a_distance" else 1.0), key
+    for key in ("val/final_auroc", "target/auroc", "target/accuracy_at_source_threshold", "target/proxy_a_distance"):
+        assert 0.0 <= metrics[key] <= (2.0 if key == "target/proxy_a_distance" else 1.0), key
         assert key == "auroc" or run.data.metrics[key] == pytest.approx(metrics[key])
     client = mlflow.MlflowClient()
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -58,15 +58,15 @@ def test_every_method_trains_and_logs_both_domains(method: str, da_overrides: li
     assert target["score"].between(0, 1).all() and set(target["label"]) == {"NORMAL", "PNEUMONIA"}
     assert target["path"].str.contains("/sites/").all()  # the simulated site, never the source files
     trained_on_target = method not in ("none", "adabn", "target_oracle")
-    assert ("adaptation_loss" in run.data.metrics) == trained_on_target
+    assert ("train/adaptation_loss" in run.data.metrics) == trained_on_target
     if method == "dann":
-        assert 0.0 <= run.data.metrics["domain_discriminator_accuracy"] <= 1.0
+        assert 0.0 <= run.data.metrics["train/domain_discriminator_accuracy"] <= 1.0
 
 
 def test_entropy_stacks_on_another_method(da_overrides: list[str]) -> None:
     cfg = compose_config([*da_overrides, "adaptation=coral", "adaptation.entropy_weight=0.1"])
     train(cfg)
-    assert _only_run(cfg).data.metrics["adaptation_loss"] > 0
+    assert _only_run(cfg).data.metrics["train/adaptation_loss"] > 0
 
 
 def test_a_method_needing_a_target_refuses_plain_data(tiny_overrides: list[str]) -> None:

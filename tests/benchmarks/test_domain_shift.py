@@ -58,3 +58,12 @@ def test_smoke_run_writes_table_plot_and_runs(tmp_path: Path, demo_cache: Path) 
     table = (tmp_path / "smoke.md").read_text()
     assert "| severity | method | target_auroc_mean |" in table and "- strong:" in table
     assert (tmp_path / "smoke.png").stat().st_size > 1000
+
+
+def test_target_metrics_keep_the_benchmarks_column_names() -> None:
+    columns = _load_script().target_columns({"val/final_auroc": 0.99, "target/auroc": 0.8, "target/proxy_a_distance": 1.2,
+                              "target/unadapted_auroc": 0.7, "target/unadapted_proxy_a_distance": 1.9,
+                              "target/adapt_seconds": 2.5, "target/accuracy_at_source_threshold": 0.75})
+    assert columns == {"target_auroc": 0.8, "proxy_a_distance": 1.2, "unadapted_target_auroc": 0.7,
+                       "unadapted_proxy_a_distance": 1.9, "adapt_seconds": 2.5,
+                       "target_accuracy_at_source_threshold": 0.75}

@@ -22,12 +22,12 @@ def test_target_metrics_use_the_source_threshold() -> None:
     scores = np.array([0.2, 0.6, 0.7, 0.9])  # ranking is perfect; the source threshold 0.5 is not
     probs = np.stack([1 - scores, scores], axis=1)
     metrics = target_metrics(labels, probs, source_threshold=0.5)
-    assert metrics["target_auroc"] == 1.0
-    assert metrics["target_accuracy_at_source_threshold"] == 0.75
-    assert metrics["target_specificity_at_source_threshold"] == 0.5
-    assert metrics["target_sensitivity_at_source_threshold"] == 1.0
+    assert metrics["auroc"] == 1.0
+    assert metrics["accuracy_at_source_threshold"] == 0.75
+    assert metrics["specificity_at_source_threshold"] == 0.5
+    assert metrics["sensitivity_at_source_threshold"] == 1.0
     three = np.eye(3)[[0, 1, 2, 2]] * 0.8 + 0.2 / 3
-    assert target_metrics(np.array([0, 1, 2, 1]), three, None)["target_accuracy"] == 0.75
+    assert target_metrics(np.array([0, 1, 2, 1]), three, None)["accuracy"] == 0.75
 
 
 def test_embedding_is_deterministic_and_the_figure_names_domains_and_classes() -> None:

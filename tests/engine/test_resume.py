@@ -65,7 +65,7 @@ def test_sigkilled_training_resumes_into_the_same_run_and_model(tmp_path: Path, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     runs = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
     assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auroc")
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/auroc")
     assert sorted(m.step for m in history) == list(range(EPOCHS))  # no gap, no duplicated step
     folder = checkpoints / run.info.run_id
     assert (folder / RunFolder.FINISHED).is_file() and not (folder / RunFolder.LAST).exists()
@@ -74,8 +74,8 @@ def test_sigkilled_training_resumes_into_the_same_run_and_model(tmp_path: Path, 
     train(compose_config(_overrides(demo_cache, f"sqlite:///{straight / 'mlflow.db'}", straight / "checkpoints")))
     mlflow.set_tracking_uri(f"sqlite:///{straight / 'mlflow.db'}")
     (reference,) = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
-    expected = mlflow.MlflowClient().get_metric_history(reference.info.run_id, "train_loss")
-    got = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    expected = mlflow.MlflowClient().get_metric_history(reference.info.run_id, "train/loss")
+    got = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss")
     assert [round(m.value, 5) for m in sorted(got, key=lambda m: m.step)] == \
            [round(m.value, 5) for m in sorted(expected, key=lambda m: m.step)]
     ours = torch.load(folder / RunFolder.BEST, weights_only=True)

@@ -136,7 +136,8 @@ def test_training_on_a_hostile_tree_accounts_for_every_file(tmp_path: Path) -> N
     mlflow.set_tracking_uri(uri)
     run = [r for r in mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")
            if r.info.status == "FINISHED"][0]
-    params = {k: int(v) for k, v in run.data.params.items() if k.startswith(("inputs.", "n_images."))}
+    params = {k.removeprefix("data/"): int(v) for k, v in run.data.metrics.items()
+              if k.startswith(("data/inputs.", "data/n_images."))}
     entries = sum(len(files) + len(dirs) for _, dirs, files in os.walk(tree)) - 2  # minus the two class folders
     assert params["inputs.found"] == entries
     assert params["inputs.found"] == params["inputs.used"] + params["inputs.skipped"] + params["inputs.refused"]
