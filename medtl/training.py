@@ -23,6 +23,7 @@ from medtl.models import TransferModel, list_encoders
 from medtl.engine.loop import FitResult, Predictions
 from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
+from medtl.tracking.mlflow_tracker import open_store
 from medtl.tracking.run_info import model_card, run_description, run_inputs, run_tags
 
 __all__ = ["run_training", "resume_point", "final_validation"]
@@ -40,6 +41,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     With ``trainer.resume`` the run continues from its folder's ``last.pt``, in its own MLflow run."""
     cfg, folder, resumed = resume_point(cfg)
     _check_names(cfg)
+    tracker: MlflowTracker = instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None)
+    open_store(tracker.uri)  # an unreachable tracking server stops the run here, before any data is read
     set_determinism(seed=cfg.seed)
     data: ImageClassificationData = instantiate(cfg.data)
     data.setup()
@@ -51,7 +54,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                           adaptation.method_name, adaptation.needs_target, adaptation.trains_on_target_labels)
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
 
-    with instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None) as tracker:
+    with tracker:
         trainer.run_folder = _open_run_folder(cfg, tracker, folder)
         if resumed is None:
             tracker.log_config(cfg, trains_on_features=trainer.trains_on_features(model, adaptation))

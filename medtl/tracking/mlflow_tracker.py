@@ -7,12 +7,14 @@ import signal
 import socket
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 import numpy as np
 import pandas as pd
 import torch
@@ -21,12 +23,13 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from medtl.errors import MedtlError
 from medtl.models.loading import STATE_DICT_FILE
 from medtl.tracking.params import compared_params
 from medtl.tracking.run_info import dataset_name
 from medtl.tracking.sweep import PARENT_RUN_ENV
 
-__all__ = ["MlflowTracker", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
+__all__ = ["MlflowTracker", "get_or_create_experiment", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
            "STATE_DICT_FILE"]
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ class MlflowTracker:
     def __enter__(self) -> MlflowTracker:
         """Start the run (or reopen ``resume_run_id``), after marking runs whose process died KILLED."""
         open_store(self.uri)
-        mlflow.set_experiment(self.experiment)
+        experiment_id = get_or_create_experiment(self.experiment)
         mark_orphaned_runs_killed(self.experiment)
         if mlflow.active_run() is not None:  # left over by a crashed job in this process (Hydra -m)
             mlflow.end_run(status="FAILED")
@@ -65,7 +68,8 @@ class MlflowTracker:
         parent = os.environ.get(PARENT_RUN_ENV)  # set by the -m sweep's callback: this run is one of its children
         owner.update({"mlflow.parentRunId": parent} if parent else {})
         if self.run_id is None:
-            self.run_id = mlflow.start_run(run_name=self.run_name, tags={**self.tags, **owner},
+            self.run_id = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                                           tags={**self.tags, **owner},
                                            log_system_metrics=self.system_metrics).info.run_id
         else:
             mlflow.start_run(run_id=self.run_id, log_system_metrics=self.system_metrics)
@@ -176,15 +180,50 @@ class MlflowTracker:
 
 
 def open_store(uri: str) -> None:
-    """Point MLflow at ``uri``. A fresh SQLite store is created under a file lock, so two runs started at
-    once on a new ``mlflow.db`` do not both try to create its tables."""
+    """Point MLflow at ``uri``. A tracking server must answer first (one line naming the URI otherwise); a fresh
+    SQLite store is created under a file lock, so two runs started at once on a new ``mlflow.db`` do not both
+    try to create its tables."""
     mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
     if not uri.startswith("sqlite:///"):
         return
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(database) + ".lock", timeout=600):
         mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the tables once
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The id of experiment ``name``, created if new, and made the active one. Two processes creating the same new
+    experiment at once both get its id: the loser of the race reads the winner's (``mlflow.set_experiment`` can
+    instead fall back on an inherited ``MLFLOW_EXPERIMENT_ID`` and file the run under another experiment)."""
+    client = mlflow.MlflowClient()
+    for _ in range(5):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            mlflow.set_experiment(experiment_id=experiment.experiment_id)
+            return experiment.experiment_id
+        try:
+            client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    raise MedtlError(f"tracking.experiment={name}: could not be created or read in {mlflow.get_tracking_uri()}")
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast, in one line, when no MLflow server answers at ``uri`` (instead of minutes of client retries)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            if response.status == 200:
+                return
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+    else:
+        reason = f"HTTP {response.status}"
+    raise MedtlError(f"tracking.uri={uri}: no MLflow tracking server answers there ({reason}); start one "
+                     "(python -m medtl.tracking.local_server, README 'Team mode') or set MLFLOW_TRACKING_URI")
 
 
 def mark_orphaned_runs_killed(experiment: str) -> list[str]:

@@ -35,16 +35,16 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
-        from medtl.tracking.mlflow_tracker import open_store
+        from medtl.tracking.mlflow_tracker import get_or_create_experiment, open_store
 
         open_store(str(config.tracking.uri))
-        experiment = mlflow.set_experiment(str(config.tracking.experiment))
+        experiment_id = get_or_create_experiment(str(config.tracking.experiment))
         overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []  # HydraConfig is not set yet
         swept = [o for o in overrides if "," in o or "(" in o]
         searched = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}  # Optuna's search space
         swept += [f"{key}={value}" for key, value in searched.items() if f"{key}=" not in " ".join(swept)]
         run = mlflow.MlflowClient().create_run(
-            experiment.experiment_id, run_name=f"{config.experiment_name}-sweep",
+            experiment_id, run_name=f"{config.experiment_name}-sweep",
             tags={"medtl.sweep": "parent", "medtl.sweep_overrides": " ".join(swept)[:500],
                   "mlflow.note.content": f"Sweep over {' '.join(swept) or 'the sweeper search space'}"})
         os.environ[PARENT_RUN_ENV] = run.info.run_id
