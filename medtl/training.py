@@ -23,7 +23,7 @@ from medtl.models import TransferModel, list_encoders
 from medtl.engine.loop import FitResult, Predictions
 from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
-from medtl.tracking.mlflow_tracker import open_store
+from medtl.tracking.mlflow_tracker import check_server
 from medtl.tracking.run_info import model_card, run_description, run_inputs, run_tags
 
 __all__ = ["run_training", "resume_point", "final_validation"]
@@ -42,7 +42,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     cfg, folder, resumed = resume_point(cfg)
     _check_names(cfg)
     tracker: MlflowTracker = instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None)
-    open_store(tracker.uri)  # an unreachable tracking server stops the run here, before any data is read
+    check_server(tracker.uri)  # an unreachable tracking server stops the run here, before any data is read
     set_determinism(seed=cfg.seed)
     data: ImageClassificationData = instantiate(cfg.data)
     data.setup()

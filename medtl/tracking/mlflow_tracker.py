@@ -29,7 +29,7 @@ from medtl.tracking.params import compared_params
 from medtl.tracking.run_info import dataset_name
 from medtl.tracking.sweep import PARENT_RUN_ENV
 
-__all__ = ["MlflowTracker", "get_or_create_experiment", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
+__all__ = ["MlflowTracker", "get_or_create_experiment", "check_server", "open_store", "mark_orphaned_runs_killed", "MAX_PARAM_LENGTH",
            "STATE_DICT_FILE"]
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,7 @@ def open_store(uri: str) -> None:
     SQLite store is created under a file lock, so two runs started at once on a new ``mlflow.db`` do not both
     try to create its tables."""
     mlflow.set_tracking_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
+    check_server(uri)
     if not uri.startswith("sqlite:///"):
         return
     database = Path(uri.removeprefix("sqlite:///"))
@@ -212,8 +211,11 @@ def get_or_create_experiment(name: str) -> str:
     raise MedtlError(f"tracking.experiment={name}: could not be created or read in {mlflow.get_tracking_uri()}")
 
 
-def _check_server(uri: str) -> None:
-    """Fail fast, in one line, when no MLflow server answers at ``uri`` (instead of minutes of client retries)."""
+def check_server(uri: str) -> None:
+    """For an ``http(s)://`` tracking URI: fail fast, in one line, when no MLflow server answers there (instead of
+    minutes of client retries). Other URIs (files, SQLite) are left alone: nothing is created here."""
+    if not uri.startswith(("http://", "https://")):
+        return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
             if response.status == 200:

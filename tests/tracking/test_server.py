@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from medtl.errors import MedtlError
 from medtl.predict import predict
 from medtl.tracking.local_server import LocalPostgres, MlflowServer
-from medtl.tracking.mlflow_tracker import open_store
+from medtl.tracking.mlflow_tracker import check_server
 from medtl.train import train
 from tests.conftest import compose_config, small_demo_overrides
 
@@ -98,4 +98,6 @@ def test_two_processes_log_to_the_server_at_once_and_lose_nothing(server: tuple[
 
 def test_an_unreachable_server_is_one_line_naming_the_uri() -> None:
     with pytest.raises(MedtlError, match=r"tracking.uri=http://127.0.0.1:9: no MLflow tracking server answers"):
-        open_store("http://127.0.0.1:9")
+        check_server("http://127.0.0.1:9")
+    check_server("sqlite:///never-created.db")  # not a server: nothing to check, nothing created
+    assert not Path("never-created.db").exists()
