@@ -1,11 +1,13 @@
 """Shared fixtures: a small demo DICOM set, the composed Hydra config shrunk for tests, image writers."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -14,6 +16,10 @@ from medtl import CONFIG_DIR
 from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # tests run in parallel workers (pytest -n): one thread each, and the
+    os.environ["OMP_NUM_THREADS"] = "1"    # processes they start inherit it, so workers never spin on each other's cores
+    torch.set_num_threads(1)
 SMALL_DEMO = DemoSpec(n_patients=48, image_size=96, seed=7)
 
 
