@@ -18,16 +18,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["compared_params", "override_keys", "path_name", "ALWAYS", "ENCODER_TRAINING", "HEAD_ON_FEATURES", "ADAPTATION"]
+__all__ = ["compared_params", "override_keys", "path_name", "ALWAYS", "ENCODER_TRAINING", "HEAD_ON_FEATURES", "FINETUNE", "ADAPTATION"]
 
 ALWAYS = ("experiment_name", "seed", "model.encoder", "model.strategy", "model.weights", "model.in_channels",
           "model.dropout", "data.image_size", "data.batch_size", "data.positive_class", "data.classes",
           "data.val_fraction", "data.train_fraction", "data.max_images", "data.label_map", "trainer.lr",
           "trainer.optimizer.weight_decay", "evaluation.threshold", "evaluation.tta")
 ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.early_stopping_patience",
-                    "model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every",
                     "data.augment.prob", "data.augment.rotate_deg", "data.augment.scale", "data.augment.translate",
                     "data.augment.noise_std")
+FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every")  # pretrained encoder
 HEAD_ON_FEATURES = ("trainer.features.epochs", "trainer.features.patience", "trainer.features.batch_size")
 ADAPTATION = ("adaptation.weight", "adaptation.entropy_weight", "data.target_eval_fraction")
 DEMO = ("data.demo.n_patients", "data.demo.image_size", "data.demo.seed")
@@ -44,11 +44,7 @@ def compared_params(cfg: DictConfig, trains_on_features: bool, dataset: str,
         extra: more keys to log (the command line's overrides, ``tracking.extra_params``).
     """
     method = str(OmegaConf.select(cfg, "adaptation.method", default="none"))
-    used, unused = (HEAD_ON_FEATURES, ENCODER_TRAINING) if trains_on_features else (ENCODER_TRAINING, HEAD_ON_FEATURES)
-    keys = [*ALWAYS, *used]
-    keys += [*ADAPTATION, *_adaptation_options(cfg)] if method != "none" else []
-    keys += DEMO if dataset.endswith("-demo") else []
-    unused += ADAPTATION if method == "none" else ()
+    keys, unused = _keys_that_shaped(cfg, trains_on_features, dataset.endswith("-demo"), method)
     extra = [key for key in extra if key not in unused]  # set on the command line, but this run did not use it
     params: dict[str, Any] = {"data.name": dataset, "adaptation.method": method}
     optimizer = str(OmegaConf.select(cfg, "trainer.optimizer._target_", default="")).rsplit(".", 1)[-1]
@@ -69,6 +65,17 @@ def path_name(source: str) -> str:
     path = Path(source)
     return path.stem if path.suffix else (path.name if path.name not in ("train", "val", "test") else
                                           f"{path.parent.name}/{path.name}")
+
+
+def _keys_that_shaped(cfg: DictConfig, trains_on_features: bool, demo: bool,
+                      method: str) -> tuple[list[str], tuple[str, ...]]:
+    """The keys that shaped this run, and those that exist in its config but did not."""
+    used, unused = (HEAD_ON_FEATURES, ENCODER_TRAINING) if trains_on_features else (ENCODER_TRAINING, HEAD_ON_FEATURES)
+    finetune = OmegaConf.select(cfg, "model.strategy", default=None) == "finetune"
+    keys = [*ALWAYS, *used, *(FINETUNE if finetune else ()), *(DEMO if demo else ())]
+    keys += [*ADAPTATION, *_adaptation_options(cfg)] if method != "none" else []
+    unused += (() if finetune else FINETUNE) + (ADAPTATION if method == "none" else ())
+    return keys, unused
 
 
 def _adaptation_options(cfg: DictConfig) -> list[str]:
