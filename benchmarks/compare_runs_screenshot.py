@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, overrides = parser.parse_known_args()
+    commit = git_commit(ROOT)  # before the pictures are rewritten, which would mark the tree dirty
     if shutil.which("chromium") is None:
         raise SystemExit("chromium is not installed: apt-get install chromium")
     try:
@@ -126,7 +127,7 @@ def main() -> None:
     command = " ".join(["python benchmarks/compare_runs_screenshot.py", *sys.argv[1:]])
     (args.out / "mlflow_compare_runs.md").write_text(
         f"# MLflow UI screenshots\n\nCommand: `{command}` (store: {args.store}; sweep: `{' '.join(SWEEP)}`)\n\n"
-        f"Commit: {git_commit(ROOT)}; machine: {machine_description()}\n\n"
+        f"Commit: {commit}; machine: {machine_description()}\n\n"
         f"Parent run {parent} with children {', '.join(sorted(children))}.\n")
 
 
