@@ -3,7 +3,8 @@
 ``model``: an MLflow model URI (``models:/m-...``, ``runs:/<run>/model``) or a local model folder
 (one holding an ``MLmodel`` file). ``input``: a class-per-folder tree, a plain folder of images
 or a manifest CSV (``path`` required, ``label`` optional). ``output``: CSV with
-``path,label,score`` (binary) or ``path,label,pred,score_<class>`` (multi-class).
+``path,label,score,pred`` (binary; ``pred`` at the threshold the model was validated with) or
+``path,label,pred,score_<class>`` (multi-class).
 ``adaptation=adabn``: first re-estimate the encoder's BatchNorm statistics on the input images (AdaBN):
 a model delivered from one site adapts to a folder of another site's images without training.
 """
@@ -71,7 +72,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         model = adapt_batchnorm(model, loader, device, cfg.progress)
     preds = predict_loader(model, loader, device, progress=cfg.progress, tta=bool(cfg.tta))
     labels = list(frame["label"]) if "label" in frame.columns else None
-    out = predictions_frame(preds.paths, preds.probs, classes, labels)
+    out = predictions_frame(preds.paths, preds.probs, classes, labels, threshold=meta.get("threshold"))
     write_csv_atomic(out, Path(cfg.output))
     print(f"wrote {len(out)} predictions to {cfg.output}")
     return out

@@ -67,13 +67,14 @@ def test_predict_with_the_logged_model(trained_run: dict, demo_manifest: Path, t
                                     "tracking_uri": cfg.tracking.uri, "progress": False, "tta": False})
     frame = predict(predict_cfg)
     written = pd.read_csv(out)
-    assert list(written.columns) == ["path", "label", "score"]
+    assert list(written.columns) == ["path", "label", "score", "pred"]
     assert len(written) == len(pd.read_csv(demo_manifest)) == len(frame)
     assert written["score"].between(0, 1).all() and written["score"].std() > 0
     val = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
     merged = val.merge(written, on="path", suffixes=("_val", "_pred"))
     assert len(merged) == len(val)
     assert (merged["score_val"] - merged["score_pred"]).abs().max() < 1e-4  # same preprocessing, same model
+    assert (merged["pred_val"] == merged["pred_pred"]).all()  # the model's stored validation threshold
 
 
 def test_training_is_deterministic_when_seeded(tiny_overrides: list[str]) -> None:
