@@ -27,7 +27,7 @@ from types import TracebackType
 
 from medtl.errors import MedtlError
 
-__all__ = ["LocalPostgres", "MlflowServer", "free_port", "main"]
+__all__ = ["LocalPostgres", "MlflowServer", "free_port", "health_problem", "main"]
 
 
 def free_port() -> int:
@@ -136,7 +136,7 @@ class MlflowServer:
             if self.process.poll() is not None:
                 raise MedtlError(f"mlflow server exited with {self.process.returncode}; see {log_path}: "
                                  f"{log_path.read_text(errors='replace')[-500:]}")
-            if _answers(f"{self.uri}/health"):
+            if health_problem(self.uri) is None:
                 return self
             time.sleep(0.5)
         self.stop()
@@ -159,12 +159,13 @@ class MlflowServer:
         self.stop()
 
 
-def _answers(url: str) -> bool:
+def health_problem(uri: str, timeout_s: float = 2.0) -> str | None:
+    """``None`` when the MLflow server at ``uri`` answers its ``/health`` check, else why not (one phrase)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except OSError as exc:
+        return str(getattr(exc, "reason", exc))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,6 @@ import signal
 import socket
 import tempfile
 import threading
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtl.errors import MedtlError
 from medtl.models.loading import STATE_DICT_FILE
+from medtl.tracking.local_server import health_problem
 from medtl.tracking.params import compared_params
 from medtl.tracking.run_info import dataset_name
 from medtl.tracking.sweep import PARENT_RUN_ENV
@@ -216,14 +216,9 @@ def check_server(uri: str) -> None:
     minutes of client retries). Other URIs (files, SQLite) are left alone: nothing is created here."""
     if not uri.startswith(("http://", "https://")):
         return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
-            if response.status == 200:
-                return
-    except OSError as exc:
-        reason = getattr(exc, "reason", exc)
-    else:
-        reason = f"HTTP {response.status}"
+    reason = health_problem(uri, timeout_s=10)
+    if reason is None:
+        return
     raise MedtlError(f"tracking.uri={uri}: no MLflow tracking server answers there ({reason}); start one "
                      "(python -m medtl.tracking.local_server, README 'Team mode') or set MLFLOW_TRACKING_URI")
 
