@@ -88,6 +88,7 @@ class DataSchema:
     on_error: str = choices("raise", "skip", default="raise")
     max_pixels: int = 2**28
     allow_outside_root: bool = False
+    reviews: Optional[str] = None
     dicom: DicomSchema = field(default_factory=DicomSchema)
     intensity: IntensitySchema = field(default_factory=IntensitySchema)
     augment: AugmentSchema = field(default_factory=AugmentSchema)

@@ -19,6 +19,7 @@ import logging
 
 import hydra
 import mlflow
+import numpy as np
 import torch
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -38,10 +39,10 @@ from medtl.engine.loop import predict_loader, resolve_device
 from medtl.config_schema import validate_predict_config
 from medtl.errors import MedtlError, exit_on_user_error
 from medtl.models import TransferModel, build_classifier
-from medtl.models.registry import WeightsInfo
+from medtl.models.card import ModelCard
 from medtl.models.loading import STATE_DICT_FILE, check_model_folder, load_exported_model, load_state_dict
 
-__all__ = ["predict", "load_model", "adapt_batchnorm", "input_frame", "main"]
+__all__ = ["predict", "load_model", "card_transforms", "adapt_batchnorm", "input_frame", "main"]
 
 log = logging.getLogger("medtl.predict")
 MIN_ADABN_IMAGES = 32
@@ -56,15 +57,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     adaptation = str(cfg.get("adaptation", "none"))
     if adaptation not in ("none", "adabn"):
         raise MedtlError(f"adaptation={adaptation} is not available at prediction time; use none or adabn")
-    model, meta = load_model(str(cfg.model), cfg.tracking_uri, eager=adaptation == "adabn")
+    model, card = load_model(str(cfg.model), cfg.tracking_uri, eager=adaptation == "adabn")
     frame, inventory = input_frame(str(cfg.input))
     _report_inputs(inventory, Path(cfg.output))
-    classes = list(meta["classes"])
-    weights = WeightsInfo(source=str(meta.get("encoder_weights", "")), mean=tuple(meta["mean"]),
-                          std=tuple(meta["std"]), in_channels=int(meta["in_channels"]))
-    transform = eval_transforms(int(meta["image_size"]), weights, IntensityConfig(**meta["intensity"]),
-                                DicomOptions(**meta.get("dicom", {})),
-                                max_pixels=int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
+    transform = card_transforms(card, max_pixels=int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
     items = [{"image": p, "path": p} for p in frame["path"]]
     loader = DataLoader(Dataset(items, transform), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     device = resolve_device(cfg.device)
@@ -72,7 +68,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         model = adapt_batchnorm(model, loader, device, cfg.progress)
     preds = predict_loader(model, loader, device, progress=cfg.progress, tta=bool(cfg.tta))
     labels = list(frame["label"]) if "label" in frame.columns else None
-    out = predictions_frame(preds.paths, preds.probs, classes, labels, threshold=meta.get("threshold"))
+    out = predictions_frame(preds.paths, preds.probs, list(card.classes), labels, threshold=card.threshold)
     write_csv_atomic(out, Path(cfg.output))
     print(f"wrote {len(out)} predictions to {cfg.output}")
     return out
@@ -88,8 +84,15 @@ def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.de
     return recompute_batchnorm_statistics(model, loader, device, progress)
 
 
-def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, dict]:
-    """Fetch an MLflow model (URI or local folder); return the module and medtl's metadata.
+def card_transforms(card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS, storage_dtype: type = np.float32) -> Any:
+    """The deterministic preprocessing the model was trained with, from its card: file -> ``(C, S, S)``."""
+    pre = card.preprocessing
+    return eval_transforms(pre.image_size, card.weights_info(), IntensityConfig(pre.lower_percentile, pre.upper_percentile),
+                           DicomOptions(pre.dicom_voi, pre.dicom_frames), storage_dtype, max_pixels)
+
+
+def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, ModelCard]:
+    """Fetch an MLflow model (URI or local folder); return the module and its :class:`~medtl.models.card.ModelCard`.
 
     Only models saved in MLflow's ``pt2`` format (``torch.export``, no pickle) are loaded, from a folder that
     holds no pickle-bearing file (:func:`medtl.models.loading.check_model_folder`). With ``eager``
@@ -103,24 +106,23 @@ def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, d
         if not (local / "MLmodel").is_file():
             raise MedtlError(f"model '{ref}' has no MLmodel file; pass the model folder itself (the one with MLmodel)")
         check_model_folder(local, ref)
-        meta = Model.load(str(local / "MLmodel")).metadata or {}
-        if "classes" not in meta:
-            raise MedtlError(f"model '{ref}' has no medtl metadata (classes, image_size...); "
-                             "use a model logged by medtl.train")
+        card = ModelCard.from_dict(Model.load(str(local / "MLmodel")).metadata or {}, ref)
         if eager:
-            return _eager_model(local, meta, ref), meta
-        return load_exported_model(local, ref), meta
+            return _eager_model(local, card, ref), card
+        return load_exported_model(local, ref), card
 
 
-def _eager_model(local: Path, meta: dict, ref: str) -> TransferModel:
+def _eager_model(local: Path, card: ModelCard, ref: str) -> TransferModel:
+    """The ``nn.Module`` rebuilt from the card's architecture and the tensors-only state dict (every parameter
+    trainable, so BatchNorm can be re-estimated and Grad-CAM has gradients)."""
     state_path = local / "extra_files" / STATE_DICT_FILE
-    if not state_path.is_file() or "architecture" not in meta:
+    if not state_path.is_file():
         raise MedtlError(f"model '{ref}' has no eager weights (extra_files/{STATE_DICT_FILE}); adaptation=adabn "
-                         "needs a model logged by this version of medtl.train: retrain it, or use adaptation=none")
-    arch = meta["architecture"]
-    model = build_classifier(arch["encoder"], "scratch", int(arch["num_classes"]), weights=None,
-                             in_channels=int(arch["in_channels"]), image_size=int(arch["image_size"]),
-                             grey_input=str(arch["grey_input"]))
+                         "and the review's saliency maps need a model logged by this version of medtl.train: "
+                         "retrain it, or use adaptation=none")
+    arch = card.architecture
+    model = build_classifier(arch.encoder, "scratch", arch.num_classes, weights=None, in_channels=arch.in_channels,
+                             image_size=arch.image_size, grey_input=arch.grey_input)
     model.load_state_dict(load_state_dict(state_path, ref))
     return model.eval()
 

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
 
+import medtl
 from medtl.adaptation import AdaptationMethod, list_adaptations
 from medtl.data import ImageClassificationData
 from medtl.data.domains import run_loaders
@@ -20,13 +21,15 @@ from medtl.engine.evaluation import EvaluationReport, Evaluator
 from medtl.engine.state import RunFolder, TrainingState, find_run_folder, prune_finished_runs
 from medtl.errors import MedtlError
 from medtl.models import TransferModel, list_encoders
+from medtl.models.card import Architecture, ModelCard, Preprocessing
 from medtl.engine.loop import FitResult, Predictions
 from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
 from medtl.tracking.mlflow_tracker import check_server
-from medtl.tracking.run_info import model_card, run_description, run_inputs, run_tags
+from medtl.tracking.artifacts import predictions_file
+from medtl.tracking.run_info import model_card as model_card_text, run_description, run_inputs, run_tags
 
-__all__ = ["run_training", "resume_point", "final_validation"]
+__all__ = ["run_training", "resume_point", "final_validation", "model_card"]
 
 if TYPE_CHECKING:
     from medtl.data.check import CheckReport
@@ -62,20 +65,24 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             tracker.describe({**run_tags(cfg), "medtl.weights_source": model.encoder.weights_info.source},
                              run_description(cfg, data.summary()))
             tracker.log_datasets(run_inputs(cfg, data))
-            tracker.log_data_check(check, data.skipped)
+            tracker.log_data_check(check, data.skipped, data.case_names())
+            _log_reviews(tracker, data)
         else:
             tracker.log_missing_epochs(resumed.history)
         fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
                           adaptation=adaptation, target_loader=loaders.target_train, resume=resumed)
         final = trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta)
         report = evaluator.report(final)
-        metrics = _log_report(tracker, report, fit)
+        metrics = _log_report(tracker, report, fit, data)
+        if loaders.source_test is not None:  # scored at the threshold validation chose
+            test = trainer.predict(model, loaders.source_test, desc="test", tta=evaluator.tta)
+            metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
         if loaders.target_eval is not None:
             domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
                                      trainer.progress, cfg.seed)
-            _log_domain_report(tracker, domain)
+            _log_domain_report(tracker, domain, data)
             metrics.update(domain.metrics)
-        model_uri = tracker.log_model(model, _input_example(model, data), _model_metadata(cfg, model, data, report))
+        model_uri = tracker.log_model(model, _input_example(model, data), model_card(cfg, model, data, report).to_dict())
         registered = tracker.register(model_uri, _card(cfg, data, report, final, check))
         trainer.run_folder.finish()
     prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
@@ -93,7 +100,8 @@ def _card(cfg: DictConfig, data: ImageClassificationData, report: EvaluationRepo
     """The registered model's card: the run's description, validation metrics with a bootstrap CI, warnings."""
     scores = final.probs[:, 1] if final.probs.shape[1] == 2 else final.probs
     ci = bootstrap_ci(final.labels, scores, seed=cfg.seed)
-    return model_card(cfg, data.summary(), report.metrics, ci, check.warnings if check is not None else [])
+    warnings = data.case_names().scrub_all(check.warnings) if check is not None else []
+    return model_card_text(cfg, data.summary(), report.metrics, ci, warnings)
 
 
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, RunFolder | None, TrainingState | None]:
@@ -135,24 +143,42 @@ def _check_names(cfg: DictConfig) -> None:
                          f"{list_adaptations()}")
 
 
-def _log_report(tracker: MlflowTracker, report: EvaluationReport, fit: FitResult) -> dict[str, float]:
+def _log_report(tracker: MlflowTracker, report: EvaluationReport, fit: FitResult,
+                data: ImageClassificationData) -> dict[str, float]:
     """Log and return the run's summary metrics: the final evaluation (``val/final_*``), the best epoch's score
     (``val/best_auroc``, ``val/best_epoch``) and the training time and epochs actually trained."""
     metrics = {f"val/final_{k}": v for k, v in report.metrics.items()}
     metrics.update({"val/best_auroc": fit.best_score, "val/best_epoch": fit.best_epoch,
                     "train/epochs": len(fit.history), "train/seconds": fit.seconds})
     tracker.log_metrics(metrics)
-    tracker.log_frame(report.predictions, "val_predictions.csv")
-    for name, figure in report.figures.items():
-        tracker.log_figure(figure, name)
+    tracker.log_frame(data.case_table(report.predictions), predictions_file("val"))
+    tracker.log_figures(report.figures)
     return metrics
 
 
-def _log_domain_report(tracker: MlflowTracker, domain: DomainReport) -> None:
+def _log_held_out(tracker: MlflowTracker, report: EvaluationReport, data: ImageClassificationData) -> dict[str, float]:
+    """The ``test`` split's metrics (``test/*``, at the validation threshold), predictions and figures."""
+    metrics = {f"test/{k}": v for k, v in report.metrics.items()}
+    tracker.log_metrics(metrics)
+    tracker.log_frame(data.case_table(report.predictions), predictions_file("test"))
+    tracker.log_figures(report.figures)
+    return metrics
+
+
+def _log_domain_report(tracker: MlflowTracker, domain: DomainReport, data: ImageClassificationData) -> None:
     tracker.log_metrics(domain.metrics)
-    tracker.log_frame(domain.predictions, "target_predictions.csv")
-    for name, figure in domain.figures.items():
-        tracker.log_figure(figure, name)
+    tracker.log_frame(data.case_table(domain.predictions, getattr(data, "target_frame", None)),
+                      predictions_file("target"))
+    tracker.log_figures(domain.figures)
+
+
+def _log_reviews(tracker: MlflowTracker, data: ImageClassificationData) -> None:
+    """What ``data.reviews`` changed: counts as metrics, the file's name and SHA-256 as tags."""
+    if data.review_summary is None:
+        return
+    tracker.log_metrics(data.review_summary.metrics())
+    tracker.set_tag("medtl.reviews", data.review_summary.file)
+    tracker.set_tag("medtl.reviews_sha256", data.review_summary.sha256)
 
 
 def _input_example(model: TransferModel, data: ImageClassificationData) -> np.ndarray:
@@ -161,29 +187,22 @@ def _input_example(model: TransferModel, data: ImageClassificationData) -> np.nd
     return np.zeros((2, channels, data.image_size, data.image_size), dtype=np.float32)
 
 
-def _model_metadata(cfg: DictConfig, model: TransferModel, data: ImageClassificationData,
-                    report: EvaluationReport) -> dict:
-    """What ``medtl.predict`` needs to preprocess inputs, read outputs and (AdaBN) rebuild the eager model,
-    stored in the MLmodel file."""
+def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationData,
+               report: EvaluationReport) -> ModelCard:
+    """The typed card the logged model carries: what ``medtl.predict`` needs to preprocess inputs and read outputs,
+    what the review kit shows, and the architecture that rebuilds the eager model (AdaBN, Grad-CAM)."""
     weights = model.encoder.weights_info
-    return {
-        "medtl_version": 1,
-        "classes": data.classes,
-        "threshold": report.threshold,
-        "image_size": data.image_size,
-        "in_channels": weights.in_channels,
-        "mean": list(weights.mean),
-        "std": list(weights.std),
-        "intensity": {"lower_percentile": data.intensity.lower_percentile,
-                      "upper_percentile": data.intensity.upper_percentile},
-        "dicom": {"voi": data.dicom.voi, "frames": data.dicom.frames},
-        "encoder_weights": weights.source,
-        "strategy": model.strategy.name,
-        "adaptation": cfg.adaptation.method,
-        "architecture": {"encoder": cfg.model.encoder, "num_classes": len(data.classes),
-                         "in_channels": cfg.model.in_channels, "grey_input": cfg.model.grey_input,
-                         "image_size": data.image_size},
-    }
+    preprocessing = Preprocessing(
+        image_size=data.image_size, in_channels=weights.in_channels, mean=tuple(weights.mean), std=tuple(weights.std),
+        lower_percentile=data.intensity.lower_percentile, upper_percentile=data.intensity.upper_percentile,
+        dicom_voi=data.dicom.voi, dicom_frames=data.dicom.frames)
+    architecture = Architecture(encoder=str(cfg.model.encoder), num_classes=len(data.classes),
+                                in_channels=int(cfg.model.in_channels), grey_input=str(cfg.model.grey_input),
+                                image_size=data.image_size)
+    return ModelCard(classes=tuple(data.classes), threshold=report.threshold, preprocessing=preprocessing,
+                     architecture=architecture, strategy=model.strategy.name, adaptation=str(cfg.adaptation.method),
+                     encoder_weights=weights.source, data_root=data.source_root.name if data.source_root else "",
+                     medtl_release=medtl.__version__)
 
 
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:

@@ -28,7 +28,8 @@ def test_train_logs_a_finished_run_with_metrics_artefacts_and_model(trained_run:
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "chest_xray-linear_probe"
     assert set(metrics) == {"val/final_auroc", "val/final_accuracy", "val/final_sensitivity", "val/final_specificity",
-                            "val/final_threshold", "val/best_auroc", "val/best_epoch", "train/epochs", "train/seconds"}
+                            "val/final_threshold", "val/final_ece", "val/final_brier", "val/best_auroc", "val/best_epoch",
+                            "train/epochs", "train/seconds"}
     assert metrics["train/epochs"] == 3  # the head's epochs on cached features, not trainer.max_epochs
     assert 0.0 <= metrics["val/final_auroc"] <= 1.0
     for key in ("train/loss", "val/auroc", "val/final_auroc", "val/final_sensitivity", "val/best_auroc", "val/best_epoch",
@@ -45,7 +46,8 @@ def test_train_logs_a_finished_run_with_metrics_artefacts_and_model(trained_run:
             "data_check.json"} <= artefacts
     assert run.data.metrics["data_check/unreadable"] == 0 and run.data.metrics["data/skipped_files"] == 0
     preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
-    assert list(preds.columns) == ["path", "label", "score", "pred"]
+    assert list(preds.columns) == ["case", "label", "score", "pred", "patient", "split"]
+    assert set(preds["split"]) == {"val"} and preds["case"].str.match(r"^(NORMAL|PNEUMONIA)/img_\d+\.dcm$").all()
     assert preds["score"].between(0, 1).all() and set(preds["label"]) == {"NORMAL", "PNEUMONIA"}
     assert run.data.tags["medtl.model_uri"].startswith("models:/")
 

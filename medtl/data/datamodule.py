@@ -16,7 +16,9 @@ from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
 from medtl.data.cache import CheckedPersistentDataset
 from medtl.data.inventory import REFUSED, Inventory
 from medtl.data.manifest import read_manifest, scan_tree
+from medtl.data.pseudonym import CaseNames
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions
+from medtl.data.reviews import ReviewSummary, apply_reviews
 from medtl.data.split import assign_validation_split, subsample_patients
 from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
 from medtl.errors import MedtlError, find_user_error
@@ -25,7 +27,7 @@ from medtl.models.registry import WeightsInfo
 if TYPE_CHECKING:
     from medtl.data.check import CheckReport
 
-__all__ = ["ImageClassificationData", "load_source_frame", "class_order", "apply_label_map", "check_labels"]
+__all__ = ["ImageClassificationData", "load_source_frame", "source_folder", "class_order", "apply_label_map", "check_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class ImageClassificationData:
             When null, ``positive_class`` makes the task binary: exactly two labels, one of them it.
         max_pixels: a file declaring more pixels is refused before it is decoded.
         allow_outside_root: let manifest paths and tree links point outside the data's folder.
+        reviews: a review CSV (data_manifests/reviews/README.md): its corrected labels replace the images' labels
+            and images it marks unusable are left out; what it changed is logged with the run.
     """
 
     def __init__(self, root: str | None = None, manifest: str | None = None, demo: dict | None = None,
@@ -57,7 +61,7 @@ class ImageClassificationData:
                  check: bool = True, on_error: str = "raise", train_fraction: float = 1.0,
                  train_subset_seed: int = 0, label_map: dict[str, str] | None = None,
                  classes: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 allow_outside_root: bool = False) -> None:
+                 allow_outside_root: bool = False, reviews: str | None = None) -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
@@ -77,6 +81,11 @@ class ImageClassificationData:
         self.label_map = dict(label_map) if label_map else None
         self.expected_classes = [str(c) for c in classes] if classes else None
         self.max_pixels, self.allow_outside_root = int(max_pixels), bool(allow_outside_root)
+        self.reviews = reviews
+        self.review_summary: ReviewSummary | None = None
+        self.source_root: Path | None = None  # the folder case names are relative to
+        self._case_names: CaseNames | None = None
+        self._loaded: pd.DataFrame | None = None  # every labelled row as read, before reviews drop any
         self.inventory = Inventory()
         self.skipped = pd.DataFrame(columns=["path", "status", "reason"])
         self.frame: pd.DataFrame | None = None
@@ -115,6 +124,7 @@ class ImageClassificationData:
         path stops the run)."""
         frame, self.inventory = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir,
                                                   self.patient_id_patterns, self.allow_outside_root)
+        self.source_root = source_folder(self.root, self.manifest, frame)
         refused = [o for o in self.inventory.others if o["status"] == REFUSED]
         if refused and getattr(self, "_stop_on_refused", self.on_error == "raise"):
             raise MedtlError(f"{len(refused)} path(s) refused under the data folder, first: {refused[0]['path']}: "
@@ -124,7 +134,33 @@ class ImageClassificationData:
             self.skipped = pd.concat([self.skipped, self.inventory.frame()], ignore_index=True)
         frame = apply_label_map(frame, self.label_map, "data.label_map")
         check_labels(frame, self.expected_classes, self.positive_class, self.manifest or self.root or "the demo")
+        self._loaded = frame
+        if self.reviews:
+            frame, self.review_summary = apply_reviews(frame, self.reviews, self.case_names())
+            log.info("data.reviews=%s: %d reviewed case(s), %d label(s) changed, %d image(s) left out",
+                     self.reviews, self.review_summary.reviewed, self.review_summary.changed_labels,
+                     self.review_summary.dropped)
         return frame
+
+    def case_names(self) -> CaseNames:
+        """Names without patient identifiers for every file of this run (:mod:`medtl.data.pseudonym`)."""
+        if self._case_names is None:
+            self._case_names = CaseNames(self._name_sets(), self.patient_id_patterns)
+        return self._case_names
+
+    def _name_sets(self) -> list[tuple[pd.DataFrame, Path | None]]:
+        if self._loaded is None:
+            raise RuntimeError("call setup() before naming cases")
+        return [(self._loaded, self.source_root)]
+
+    def case_table(self, predictions: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+        """A predictions table (``path, label, ...``) as it leaves the run: ``case`` for the path, the patient's
+        pseudonym, and the image's split and ``domain``/``site`` when ``rows`` (the source frame by default) has them."""
+        rows = self._require_setup() if rows is None else rows
+        extra = [c for c in ("patient_id", "split", "domain", "site") if c in rows.columns]
+        facts = rows.drop_duplicates("path").set_index("path")[extra]
+        table = predictions.join(facts, on="path")
+        return self.case_names().frame(table)
 
     def run_checks(self) -> CheckReport | None:
         """Read every image once (``medtl.data.check``) and apply ``on_error`` to unreadable ones.
@@ -151,6 +187,10 @@ class ImageClassificationData:
         for message in report.problems + report.warnings:
             log.warning("data check: %s", message)
         return report
+
+    def has_split(self, split: str) -> bool:
+        """Whether the source has rows of ``split`` (``test`` rows are evaluated at the end, never trained on)."""
+        return bool((self._require_setup()["split"] == split).any())
 
     @property
     def positive_index(self) -> int | None:
@@ -228,6 +268,15 @@ class ImageClassificationData:
         if self.frame is None:
             raise RuntimeError("call setup() before using the data")
         return self.frame
+
+
+def source_folder(root: str | None, manifest: str | None, frame: pd.DataFrame) -> Path:
+    """The folder a source's case names are relative to: ``root``, else the manifest's folder (the demo's too)."""
+    if root:
+        return Path(root).expanduser()
+    if manifest:
+        return Path(manifest).expanduser().parent
+    return Path(os.path.commonpath(list(frame["path"]))) if len(frame) > 1 else Path(frame["path"].iloc[0]).parent
 
 
 def load_source_frame(root: str | None, manifest: str | None, demo: dict | None, demo_dir: str,

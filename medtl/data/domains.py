@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from monai.data import DataLoader
 
-from medtl.data.datamodule import ImageClassificationData, apply_label_map
+from medtl.data.datamodule import ImageClassificationData, apply_label_map, source_folder
 from medtl.data.inventory import Inventory, scan_folder
 from medtl.data.manifest import read_manifest, scan_tree, write_manifest
 from medtl.data.shift import shift_for, write_shifted_site
@@ -91,6 +91,14 @@ def _write_site(target: pd.DataFrame, folder: Path, shift: object, seed: int, di
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _target_folder(target: str | None, frame: pd.DataFrame) -> Path | None:
+    """The folder target case names are relative to: the target folder, a manifest's folder, or the simulated site."""
+    if target:
+        path = Path(target).expanduser()
+        return path.parent if path.suffix.lower() == ".csv" else path
+    return source_folder(None, None, frame) if len(frame) else None
+
+
 class DomainAdaptationData(ImageClassificationData):
     """A labelled source (``source``: manifest CSV or tree; the demo when null) and a target domain.
 
@@ -116,6 +124,7 @@ class DomainAdaptationData(ImageClassificationData):
             raise MedtlError(f"data.target_eval_fraction={target_eval_fraction} must be in (0, 1)")
         self.target_eval_fraction, self.sites_dir = target_eval_fraction, sites_dir
         self.target_frame: pd.DataFrame | None = None
+        self.target_root: Path | None = None
 
     def _load_frame(self) -> pd.DataFrame:
         frame = super()._load_frame()
@@ -132,7 +141,12 @@ class DomainAdaptationData(ImageClassificationData):
             frame, target = simulated_site(frame, self.sites_dir, str(sim["severity"]), float(sim["fraction"]),
                                            int(sim["seed"]), self.dicom)
         self.target_frame = target
+        self.target_root = _target_folder(self.target, target)
         return frame
+
+    def _name_sets(self) -> list[tuple[pd.DataFrame, Path | None]]:
+        target = self.target_frame if self.target_frame is not None else pd.DataFrame(columns=["path", "patient_id"])
+        return [*super()._name_sets(), (target, self.target_root)]
 
     def setup(self, validate: bool = True) -> pd.DataFrame:
         """Source as :meth:`ImageClassificationData.setup`; the target split into ``adapt`` and ``test``."""
@@ -197,11 +211,13 @@ class RunLoaders:
     """Every loader a run needs. ``train``/``val`` fit the model and pick its epoch; ``source_val`` gives
     the source metrics; ``target_train`` feeds unlabelled target batches to a method that needs them;
     ``target_eval`` (target ``adapt`` images, deterministic) feeds ``adapt()`` (AdaBN) and the feature
-    picture; ``target_test`` is the labelled target evaluation (``None`` when the target is unlabelled)."""
+    picture; ``target_test`` is the labelled target evaluation (``None`` when the target is unlabelled);
+    ``source_test`` the source's ``test`` split (``None`` without one), evaluated at the validation threshold."""
 
     train: DataLoader
     val: DataLoader
     source_val: DataLoader
+    source_test: DataLoader | None = None
     target_train: DataLoader | None = None
     target_eval: DataLoader | None = None
     target_test: DataLoader | None = None
@@ -215,7 +231,7 @@ def run_loaders(data: ImageClassificationData, weights: WeightsInfo, augment: bo
             raise MedtlError(f"adaptation={method} needs a target domain; use a data config with a target "
                              "(data=chest_xray_da, or +experiment=chest_xray_da / brain_mri_da)")
         train, val = data.loaders(weights, augment)
-        return RunLoaders(train, val, val)
+        return RunLoaders(train, val, val, _source_test(data, weights))
     source_val = data.loader(data.dataset("val", data.transform(weights, augment=False), weights), shuffle=False)
     if trains_on_target_labels:
         train, val = data.oracle_loaders(weights, augment)
@@ -223,7 +239,14 @@ def run_loaders(data: ImageClassificationData, weights: WeightsInfo, augment: bo
         train = data.loader(data.dataset("train", data.transform(weights, augment), weights), shuffle=True)
         val = source_val
     return RunLoaders(
-        train, val, source_val,
+        train, val, source_val, _source_test(data, weights),
         target_train=data.target_loader(weights, "adapt", augment=augment) if needs_target else None,
         target_eval=data.target_loader(weights, "adapt", augment=False),
         target_test=data.target_loader(weights, "test", augment=False) if data.target_labelled else None)
+
+
+def _source_test(data: ImageClassificationData, weights: WeightsInfo) -> DataLoader | None:
+    """The source's ``test`` split (rows a manifest marks ``split=test``), deterministic; ``None`` without one."""
+    if not data.has_split("test"):
+        return None
+    return data.loader(data.dataset("test", data.transform(weights, augment=False), weights), shuffle=False)

@@ -6,8 +6,6 @@ the manifest file's folder. In memory, paths are always absolute.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import re
@@ -17,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtl.atomic import write_csv_atomic
+from medtl.data.pseudonym import MIN_KEY_BYTES, PSEUDONYM_KEY_ENV, pseudonym
 from medtl.data.inventory import IMAGE_SUFFIXES, SKIPPED, Inventory, check_path, describe_path, scan_folder
 from medtl.errors import MedtlError
 
@@ -35,7 +34,6 @@ __all__ = [
     "PSEUDONYM_KEY_ENV",
 ]
 
-PSEUDONYM_KEY_ENV = "MEDTL_PSEUDONYM_KEY"
 
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 OPTIONAL_COLUMNS = ("split", "domain")
@@ -156,11 +154,10 @@ def pseudonymise_patient_ids(frame: pd.DataFrame, key: str | bytes) -> pd.DataFr
     manifests; without the key the ids cannot be recovered by hashing guesses.
     """
     key_bytes = key.encode() if isinstance(key, str) else key
-    if len(key_bytes) < 16:
-        raise MedtlError(f"the pseudonymisation key is {len(key_bytes)} bytes; use at least 16 random bytes "
+    if len(key_bytes) < MIN_KEY_BYTES:
+        raise MedtlError(f"the pseudonymisation key is {len(key_bytes)} bytes; use at least {MIN_KEY_BYTES} random bytes "
                          f"(e.g. export {PSEUDONYM_KEY_ENV}=$(openssl rand -hex 32))")
-    pseudonyms = {pid: "p-" + hmac.new(key_bytes, pid.encode(), hashlib.sha256).hexdigest()[:16]
-                  for pid in frame["patient_id"].unique()}
+    pseudonyms = {pid: pseudonym(key_bytes, pid) for pid in frame["patient_id"].unique()}
     return frame.assign(patient_id=frame["patient_id"].map(pseudonyms))
 
 

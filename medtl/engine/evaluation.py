@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from medtl.engine.loop import Predictions
-from medtl.engine.metrics import binary_metrics, choose_threshold, multiclass_metrics
+from medtl.engine.metrics import binary_metrics, calibration, choose_threshold, multiclass_metrics
 from medtl.tracking.plots import confusion_figure, roc_figure
 
 __all__ = ["EvaluationReport", "Evaluator", "predictions_frame"]
@@ -44,16 +44,27 @@ class Evaluator:
         threshold = choose_threshold(preds.labels, scores, self.method, self.target_sensitivity)
         return binary_metrics(preds.labels, scores, threshold).as_dict()
 
-    def report(self, preds: Predictions) -> EvaluationReport:
-        """Final metrics, the predictions table and the ROC / confusion-matrix figures."""
-        metrics = self.metrics(preds)
+    def report(self, preds: Predictions, threshold: float | None = None, split: str = "val") -> EvaluationReport:
+        """Final metrics (with calibration: ``ece``, ``brier``), the predictions table and the ROC /
+        confusion-matrix figures. Validation chooses the threshold; a held-out ``split`` (``test``) is scored at
+        the ``threshold`` validation chose, and its figures are named after it (``test_roc_curve.png``)."""
+        if threshold is None or not self.binary:
+            metrics = self.metrics(preds)
+        else:
+            metrics = binary_metrics(preds.labels, preds.probs[:, 1], threshold).as_dict()
         threshold = metrics.get("threshold") if self.binary else None
+        if self.binary:
+            fit = calibration(preds.labels, preds.probs[:, 1])
+            metrics.update({"ece": fit.ece, "brier": fit.brier})
         frame = predictions_frame(preds.paths, preds.probs, self.classes,
                                   [self.classes[i] for i in preds.labels], threshold)
         predicted = (preds.probs[:, 1] >= threshold).astype(int) if self.binary else preds.probs.argmax(1)
-        figures = {"confusion_matrix.png": confusion_figure(preds.labels, predicted, self.classes)}
+        prefix, title = ("", "Validation") if split == "val" else (f"{split}_", split.capitalize())
+        figures = {f"{prefix}confusion_matrix.png": confusion_figure(preds.labels, predicted, self.classes,
+                                                                     f"{title} confusion matrix")}
         if self.binary:
-            figures["roc_curve.png"] = roc_figure(preds.labels, preds.probs[:, 1], self.classes[1], threshold)
+            figures[f"{prefix}roc_curve.png"] = roc_figure(preds.labels, preds.probs[:, 1], self.classes[1], threshold,
+                                                           title=f"{title} ROC")
         return EvaluationReport(metrics, threshold, frame, figures)
 
 

@@ -8,7 +8,8 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from medtl.errors import MedtlError
 
-__all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc", "bootstrap_ci"]
+__all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc", "bootstrap_ci",
+           "Calibration", "calibration", "threshold_for_specificity"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,47 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
     predicted = probs.argmax(axis=1)
     return {"auroc": auroc(labels, probs), "accuracy": float((predicted == labels).mean()),
             "balanced_accuracy": float(balanced_accuracy_score(labels, predicted))}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How well positive-class scores match observed frequencies.
+
+    Attributes:
+        ece: expected calibration error, the count-weighted mean |observed - predicted| over equal-width bins.
+        brier: mean squared error of the scores against 0/1 labels.
+        bin_edges: ``(n_bins + 1,)``; ``predicted``, ``observed``, ``counts``: ``(n_bins,)`` per bin (NaN when empty).
+    """
+
+    ece: float
+    brier: float
+    bin_edges: np.ndarray
+    predicted: np.ndarray
+    observed: np.ndarray
+    counts: np.ndarray
+
+
+def calibration(labels: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> Calibration:
+    """Reliability of positive-class ``scores`` ``(N,)`` against 0/1 ``labels`` in ``n_bins`` equal-width bins."""
+    labels, scores = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, n_bins - 1)  # bin index of each score
+    counts = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        predicted = np.bincount(which, weights=scores, minlength=n_bins) / counts
+        observed = np.bincount(which, weights=labels, minlength=n_bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] * np.abs(observed[filled] - predicted[filled])) / max(1, len(scores)))
+    return Calibration(ece, float(np.mean((scores - labels) ** 2)), edges, predicted, observed, counts)
+
+
+def threshold_for_specificity(labels: np.ndarray, scores: np.ndarray, specificity: float) -> float:
+    """The lowest threshold whose specificity on ``(labels, scores)`` is at least ``specificity``
+    (so sensitivity is as high as that specificity allows); positive when ``score >= threshold``."""
+    negatives = np.sort(np.asarray(scores)[np.asarray(labels) == 0])
+    if not len(negatives):
+        return 0.5
+    allowed_false_positives = int(np.floor((1.0 - specificity) * len(negatives) + 1e-9))
+    # Scores above the k-th highest negative are positive: at most k negatives reach the threshold.
+    index = len(negatives) - allowed_false_positives - 1
+    return float(np.nextafter(negatives[index], np.inf)) if index >= 0 else float(negatives[0])

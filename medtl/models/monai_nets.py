@@ -91,7 +91,8 @@ def _build(name: str, image_size: int) -> tuple[nn.Module, Callable, nn.Module, 
     if name == "densenet121":
         net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000)
         head, net.class_layers.out = net.class_layers.out, nn.Identity()
-        return net, _densenet_features, head, 1024, "features.conv0", "net.features"
+        # Grad-CAM reads the ReLU after the last dense block (its output is not modified in place afterwards).
+        return net, _densenet_features, head, 1024, "features.conv0", "net.class_layers.relu"
     if name in ("resnet18", "resnet50"):
         factory = resnet18 if name == "resnet18" else resnet50
         net = factory(spatial_dims=2, n_input_channels=3, num_classes=1000, conv1_t_size=7, conv1_t_stride=2,

@@ -70,6 +70,18 @@ class Encoder(nn.Module):
         """Replace the classification head with a fresh ``num_features -> num_classes`` layer."""
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
 
+    def gradcam_layer(self) -> str:
+        """Dotted name, inside the encoder, of the module whose activations Grad-CAM reads: the layer its weights
+        name (``weights_info.gradcam_layer``), else the last convolution before the head."""
+        if self.weights_info.gradcam_layer:
+            return self.weights_info.gradcam_layer
+        convolutions = [name for name, module in self.named_modules()
+                        if isinstance(module, (nn.Conv2d, nn.Conv3d)) and not name.startswith("head")]
+        if not convolutions:
+            raise MedtlError(f"{type(self).__name__} has no convolution for Grad-CAM; set its "
+                             "weights_info.gradcam_layer to the module to explain")
+        return convolutions[-1]
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Every parameter that is not part of the head."""
         head_ids = {id(p) for p in self.head.parameters()}

@@ -22,8 +22,10 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from medtl.data.pseudonym import CaseNames
 from medtl.errors import MedtlError
 from medtl.models.loading import STATE_DICT_FILE
+from medtl.tracking import artifacts
 from medtl.tracking.local_server import health_problem
 from medtl.tracking.params import compared_params
 from medtl.tracking.run_info import dataset_name
@@ -91,7 +93,7 @@ class MlflowTracker:
         ``extra_params``) and the whole resolved config as the ``config.yaml`` artefact."""
         params = compared_params(cfg, trains_on_features, dataset_name(cfg), self.extra_params)
         self.log_params({key: _param_text(value) for key, value in params.items()})
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), artifacts.CONFIG)
 
     def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
         """Log the epochs of a resumed run's ``history`` that the store lacks: the training state is saved
@@ -133,24 +135,30 @@ class MlflowTracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: _short(v) for k, v in params.items()})
 
-    def log_data_check(self, report: Any, skipped: pd.DataFrame) -> None:
-        """Log ``medtl.data.check``'s summary, its JSON report, warnings as tags and the skipped files."""
+    def log_data_check(self, report: Any, skipped: pd.DataFrame, names: CaseNames) -> None:
+        """Log ``medtl.data.check``'s summary, its JSON report, warnings as tags and the skipped files, every path
+        in them written as its case and every patient id as its pseudonym (``names``)."""
         if report is not None:
             self.log_metrics(report.summary())
-            mlflow.log_text(report.to_json(), "data_check.json")
+            mlflow.log_text(names.scrub(report.to_json()), artifacts.DATA_CHECK)
             for index, warning in enumerate(report.warnings):
-                mlflow.set_tag(f"medtl.warning.{index}", warning[:MAX_PARAM_LENGTH])
+                mlflow.set_tag(f"medtl.warning.{index}", names.scrub(warning)[:MAX_PARAM_LENGTH])
         self.log_metrics({"data/skipped_files": len(skipped)})
         if len(skipped):
-            self.log_frame(skipped, "skipped_files.csv")
+            listed = names.frame(skipped.assign(reason=names.scrub_all(skipped["reason"].astype(str))))
+            self.log_frame(listed, artifacts.SKIPPED_FILES)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
         mlflow.log_metrics(finite, step=step)
 
     def log_figure(self, figure: Figure, name: str) -> None:
-        mlflow.log_figure(figure, f"plots/{name}")
+        mlflow.log_figure(figure, f"{artifacts.PLOTS}/{name}")
         plt.close(figure)
+
+    def log_figures(self, figures: Mapping[str, Figure]) -> None:
+        for name, figure in figures.items():
+            self.log_figure(figure, name)
 
     def log_frame(self, frame: pd.DataFrame, name: str) -> None:
         """Log a table as a CSV artefact ``name``."""
@@ -171,7 +179,7 @@ class MlflowTracker:
         with tempfile.TemporaryDirectory() as tmp:
             state_path = Path(tmp) / STATE_DICT_FILE
             torch.save(model.state_dict(), state_path)
-            info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+            info = mlflow.pytorch.log_model(model, name=artifacts.MODEL, input_example=input_example,
                                             metadata=dict(metadata), serialization_format="pt2",
                                             extra_files=[str(state_path)],
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

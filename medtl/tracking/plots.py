@@ -32,12 +32,13 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, positive: str, threshold:
     return fig
 
 
-def confusion_figure(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> Figure:
+def confusion_figure(labels: np.ndarray, predicted: np.ndarray, classes: list[str],
+                     title: str = "Validation confusion matrix") -> Figure:
     """Confusion matrix (rows: true class, columns: predicted class) with counts."""
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.2 * len(classes) + 2.5))
     ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(len(classes))),
                                             display_labels=classes, ax=ax, colorbar=False, cmap="Blues")
-    ax.set_title("Validation confusion matrix")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 

@@ -44,3 +44,28 @@ def test_warmup_then_cosine() -> None:
     assert factors[12] == pytest.approx(0.5)
     assert factors[20] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+
+
+def test_calibration_of_perfectly_and_badly_calibrated_scores() -> None:
+    from medtl.engine.metrics import calibration
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 1, 20000)
+    labels = (rng.uniform(0, 1, 20000) < scores).astype(int)  # P(y=1 | s) = s
+    good = calibration(labels, scores)
+    assert good.ece < 0.02 and abs(good.brier - 1 / 6) < 0.01  # E[s(1-s)] = 1/6
+    bad = calibration(labels, np.clip(scores + 0.3, 0, 1))
+    assert bad.ece > 0.2 and bad.counts.sum() == 20000
+
+
+def test_threshold_for_specificity_reaches_it_with_the_most_sensitivity() -> None:
+    from medtl.engine.metrics import threshold_for_specificity
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 500)
+    scores = np.clip(labels * 0.3 + rng.uniform(0, 0.7, 500), 0, 1)
+    for target in (0.9, 0.95):
+        threshold = threshold_for_specificity(labels, scores, target)
+        assert binary_metrics(labels, scores, threshold).specificity >= target
+        lower = np.nextafter(np.max(scores[(labels == 0) & (scores < threshold)]), -np.inf)
+        assert binary_metrics(labels, scores, lower).specificity < target  # any lower threshold falls short

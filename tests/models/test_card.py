@@ -1,0 +1,47 @@
+"""The model card: typed, versioned, round-trips through MLflow metadata, refuses what it cannot read."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medtl.errors import MedtlError
+from medtl.models.card import CARD_VERSION, Architecture, ModelCard, Preprocessing
+
+
+def example() -> ModelCard:
+    return ModelCard(classes=("NORMAL", "PNEUMONIA"), threshold=0.42,
+                     preprocessing=Preprocessing(224, 1, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0, 99.0, "window", "first"),
+                     architecture=Architecture("efficientnet_lite0", 2, 1, "sum", 224), strategy="finetune",
+                     adaptation="mmd", encoder_weights="imagenet:lite0.pth", data_root="chest_xray_kermany",
+                     medtl_release="0.1.0")
+
+
+def test_round_trip_through_json() -> None:
+    card = example()
+    meta = json.loads(json.dumps(card.to_dict()))
+    assert meta["medtl_version"] == CARD_VERSION
+    assert ModelCard.from_dict(meta, "models:/m-1") == card
+    assert card.binary and card.positive_class == "PNEUMONIA" and card.weights_info().in_channels == 1
+
+
+def test_version_1_metadata_is_read() -> None:
+    old = {"medtl_version": 1, "classes": ["A", "B", "C"], "threshold": None, "image_size": 96, "in_channels": 1,
+           "mean": [0.5], "std": [0.5], "intensity": {"lower_percentile": 2.0, "upper_percentile": 98.0},
+           "dicom": {"voi": "none", "frames": "first"}, "strategy": "scratch", "adaptation": "none",
+           "architecture": {"encoder": "resnet18", "num_classes": 3, "in_channels": 1, "grey_input": "sum",
+                            "image_size": 96}}
+    card = ModelCard.from_dict(old, "old")
+    assert card.preprocessing.lower_percentile == 2.0 and card.preprocessing.dicom_voi == "none"
+    assert card.architecture.encoder == "resnet18" and not card.binary and card.version == CARD_VERSION
+
+
+@pytest.mark.parametrize(("meta", "message"), [
+    ({"medtl_version": CARD_VERSION + 1}, "upgrade medtl"),
+    ({}, "no medtl model card"),
+    ({"medtl_version": CARD_VERSION, "classes": ["a", "b"]}, "damaged model card"),
+])
+def test_cards_it_cannot_read_are_refused_by_name(meta: dict, message: str) -> None:
+    with pytest.raises(MedtlError, match=message) as error:
+        ModelCard.from_dict(meta, "models:/m-x")
+    assert "models:/m-x" in str(error.value)

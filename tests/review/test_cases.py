@@ -1,0 +1,37 @@
+"""Review order: what needs a human comes first."""
+from __future__ import annotations
+
+import pandas as pd
+
+from medtl.models.card import Architecture, ModelCard, Preprocessing
+from medtl.review.cases import FALSE_NEGATIVE, FALSE_POSITIVE, LEAST_CONFIDENT, MISCLASSIFIED, review_order
+
+
+def card(classes: tuple[str, ...], threshold: float | None) -> ModelCard:
+    return ModelCard(classes=classes, threshold=threshold, preprocessing=Preprocessing(64, 1, (0.5,), (0.5,)),
+                     architecture=Architecture("efficientnet_lite0", len(classes)), strategy="finetune")
+
+
+def test_binary_order_is_false_negatives_then_false_positives_then_nearest_the_threshold() -> None:
+    table = pd.DataFrame({"case": list("abcdefg"),
+                          "label": ["P", "P", "N", "N", "P", "N", "N"],
+                          "score": [0.10, 0.35, 0.90, 0.55, 0.95, 0.45, 0.05]})
+    table["pred"] = ["P" if s >= 0.4 else "N" for s in table["score"]]
+    ordered = review_order(table, card(("N", "P"), 0.4))
+    assert list(ordered["case"]) == ["a", "b", "c", "d", "f", "g", "e"]
+    assert list(ordered["group"]) == [FALSE_NEGATIVE] * 2 + [FALSE_POSITIVE] * 3 + [LEAST_CONFIDENT] * 2
+
+
+def test_multiclass_order_is_confident_mistakes_then_least_confident() -> None:
+    table = pd.DataFrame({"case": ["a", "b", "c", "d"], "label": ["x", "y", "z", "x"], "pred": ["y", "y", "x", "x"],
+                          "score_x": [0.3, 0.1, 0.8, 0.5], "score_y": [0.6, 0.8, 0.1, 0.3], "score_z": [0.1, 0.1, 0.1, 0.2]})
+    ordered = review_order(table, card(("x", "y", "z"), None))
+    assert list(ordered["case"]) == ["c", "a", "d", "b"]
+    assert list(ordered["group"]) == [MISCLASSIFIED, MISCLASSIFIED, LEAST_CONFIDENT, LEAST_CONFIDENT]
+
+
+def test_unlabelled_cases_are_ordered_by_confidence_alone() -> None:
+    table = pd.DataFrame({"case": ["a", "b", "c"], "label": ["", "", ""], "score": [0.9, 0.52, 0.15]})
+    table["pred"] = ["P", "P", "N"]
+    ordered = review_order(table, card(("N", "P"), 0.5))
+    assert list(ordered["case"]) == ["b", "c", "a"] and set(ordered["group"]) == {LEAST_CONFIDENT}
