@@ -8,6 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from medtl.data.pseudonym import pseudonym, pseudonym_key
+
 from medtl.errors import MedtlError
 from medtl.train import train
 from tests.conftest import compose_config
@@ -97,5 +99,6 @@ def test_on_error_skip_trains_without_the_file_and_lists_it(tmp_path: Path, writ
     assert run.info.status == "FINISHED" and run.data.metrics["data/skipped_files"] == 1
     assert run.data.metrics["data_check/unreadable"] == 1
     skipped = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/skipped_files.csv")
-    assert "NORMAL3.png" in skipped
+    # listed by its case: the file's stem is its patient id here (no patient_id_patterns), so it is pseudonymised
+    assert f"NORMAL/{pseudonym(pseudonym_key(), 'NORMAL3')}.png,unreadable" in skipped and "NORMAL3" not in skipped
     assert sum(int(v) for k, v in run.data.metrics.items() if k.startswith("data/n_images.")) == 15

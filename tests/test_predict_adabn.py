@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from medtl.data.domains import read_target_frame
+from medtl.data.pseudonym import CaseNames
 from medtl.data.shift import shift_for, write_shifted_site
 from medtl.errors import MedtlError
 from medtl.predict import predict
@@ -55,7 +57,9 @@ def test_predict_adabn_matches_the_training_run_and_differs_from_plain(adabn_run
     adapted = _predict(adabn_run, site_folder, tmp_path / "adabn.csv", "adabn")
     plain = _predict(adabn_run, site_folder, tmp_path / "plain.csv", "none")
     assert len(adapted) == len(trained) == 24 and adapted["label"].isna().all() | adapted["label"].eq("").all()
-    merged = trained.merge(adapted, on="path", suffixes=("_train", "_predict"))
+    names = CaseNames([(read_target_frame(str(site_folder), []), site_folder)])  # as the run named the site's files
+    merged = trained.merge(adapted.assign(case=[names.case(p) for p in adapted["path"]]), on="case",
+                           suffixes=("_train", "_predict"))
     assert len(merged) == 24
     assert (merged["score_train"] - merged["score_predict"]).abs().max() < 1e-4
     assert (adapted["score"] - plain["score"]).abs().max() > 1e-3  # BatchNorm statistics did change

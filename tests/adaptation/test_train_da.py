@@ -56,7 +56,9 @@ def test_every_method_trains_and_logs_both_domains(method: str, da_overrides: li
     target = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                              artifact_path="target_predictions.csv"))
     assert target["score"].between(0, 1).all() and set(target["label"]) == {"NORMAL", "PNEUMONIA"}
-    assert target["path"].str.contains("/sites/").all()  # the simulated site, never the source files
+    val = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
+    assert set(target["split"]) == {"test"} and not set(target["case"]) & set(val["case"])  # the simulated site's
+    assert not target["case"].str.startswith("/").any()  # relative to the site's folder, never full paths
     trained_on_target = method not in ("none", "adabn", "target_oracle")
     assert ("train/adaptation_loss" in run.data.metrics) == trained_on_target
     if method == "dann":

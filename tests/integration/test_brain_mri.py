@@ -26,8 +26,8 @@ def test_four_class_linear_probe_on_300_images(tmp_path: Path) -> None:
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["brain_mri"], output_format="list")[0]
     preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="val_predictions.csv"))
-    assert list(preds.columns) == ["path", "label", "pred", "score_glioma", "score_meningioma", "score_notumor",
-                                   "score_pituitary"]
+    assert list(preds.columns) == ["case", "label", "pred", "score_glioma", "score_meningioma", "score_notumor",
+                                   "score_pituitary", "patient", "split"]
 
 
 def test_brain_mri_da_tumour_vs_no_tumour_with_adabn_on_a_simulated_site(tmp_path: Path) -> None:
@@ -44,4 +44,5 @@ def test_brain_mri_da_tumour_vs_no_tumour_with_adabn_on_a_simulated_site(tmp_pat
     assert 0.0 <= metrics["target/adapt_seconds"] < 60
     target = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                              artifact_path="target_predictions.csv"))
-    assert set(target["label"]) == {"tumour", "no_tumour"} and list(target.columns) == ["path", "label", "score", "pred"]
+    assert set(target["label"]) == {"tumour", "no_tumour"} and list(target.columns) == ["case", "label", "score", "pred",
+                                                                                   "patient", "split"]
