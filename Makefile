@@ -1,13 +1,14 @@
 # medtl: the two set-up commands of the README.
 #   make demo   install medtl and train on the built-in synthetic DICOM demo
 #   make test   install medtl with the dev extras and run the whole test suite
+#   make review (after make demo) an HTML review of the most recent run: review/review_<run id>.html
 PYTHON ?= python3
 VENV ?= .venv
 # A CPU build of torch where the package index offers one; set TORCH_SPEC to choose another.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev
+.PHONY: demo test review install install-dev
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ install-dev: $(BIN)/python
 
 demo: install
 	$(BIN)/python -m medtl.train +experiment=chest_xray
+
+review: install
+	$(BIN)/python -m pip install -q -e ".[notebooks]"
+	$(BIN)/python -m medtl.review
 
 # Pyflakes checks (unused imports, undefined names), then the tests.
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.

@@ -40,8 +40,13 @@ def test_wheel_ships_configs_and_console_scripts(wheel_env: Path, tmp_path: Path
     where = subprocess.run([str(python), "-c", "import medtl; print(medtl.__file__, medtl.CONFIG_DIR.is_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=120, check=True).stdout.split()
     assert Path(where[0]).is_relative_to(wheel_env) and where[1] == "True"
-    for script in ("medtl-train", "medtl-predict", "medtl-check"):
+    for script in ("medtl-train", "medtl-predict", "medtl-check", "medtl-review"):
         assert (wheel_env / "bin" / script).is_file()
+    shipped = subprocess.run([str(python), "-c", "from medtl import CONFIG_DIR; from medtl.review.report import NOTEBOOKS; "
+                              "print(sorted(p.name for p in NOTEBOOKS.glob('*.ipynb')), "
+                              "(CONFIG_DIR / 'review' / 'review.yaml').is_file())"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120, check=True).stdout
+    assert shipped.strip() == "['compare_runs.ipynb', 'review_cases.ipynb'] True"  # python -m medtl.review works
 
 
 def test_wheel_runs_the_demo_and_predicts(wheel_env: Path, tmp_path: Path) -> None:
