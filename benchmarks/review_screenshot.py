@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         photograph(html, args.out)
     command = "python benchmarks/review_screenshot.py" + ("" if args.data == str(KERMANY) else f" --data {args.data}")
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    lines = [f"# Review report screenshots\n", f"Command: `{command}` (image size {args.image_size}, "
+    lines = ["# Review report screenshots\n", f"Command: `{command}` (image size {args.image_size}, "
              f"{args.cases_per_group} cases per group). Commit {commit}. Machine: {machine}.\n",
              f"Training (linear probe, the chest_xray experiment's default) took {trained / 60:.1f} min; the review "
              f"report (papermill + nbconvert, Grad-CAM on every shown case) {reviewed:.0f} s.\n",

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from medtl.models.card import ModelCard
 
 __all__ = ["FALSE_NEGATIVE", "FALSE_POSITIVE", "MISCLASSIFIED", "LEAST_CONFIDENT", "review_order", "CaseImages",
-           "load_case_images", "gallery_figure", "case_gallery"]
+           "load_case_images", "gallery_figure", "case_gallery",
+           "salient_slices", "volume_case_figure"]
 
 FALSE_NEGATIVE, FALSE_POSITIVE = "false negative", "false positive"
 MISCLASSIFIED, LEAST_CONFIDENT = "misclassified", "least confident"
@@ -132,3 +133,32 @@ def case_gallery(rows: pd.DataFrame, paths: dict[str, str], model: torch.nn.Modu
         classes = 1 if card.binary else [list(card.classes).index(p) for p in rows["pred"]]
         maps = gradcam_maps(model, images.inputs, classes)
     return gallery_figure(rows, images, maps, card, title)
+
+
+def salient_slices(saliency: np.ndarray, count: int = 3, axis: int = -1) -> list[int]:
+    """The ``count`` slices of a saliency volume ``(X, Y, Z)`` along ``axis`` holding the most evidence (summed
+    map), strongest first; fewer when the volume has fewer slices."""
+    other = tuple(i for i in range(saliency.ndim) if i != axis % saliency.ndim)
+    mass = saliency.sum(axis=other)  # (slices,)
+    return [int(i) for i in np.argsort(-mass, kind="stable")[:count]]
+
+
+def volume_case_figure(volume: np.ndarray, saliency: np.ndarray, caption: str, count: int = 3,
+                       axis: int = -1) -> Figure:
+    """A volume case as its most salient slices: each slice of ``volume`` ``(X, Y, Z)`` in [0, 1] (RAS, shown with
+    anterior up) beside its Grad-CAM slice of ``saliency`` ``(X, Y, Z)``."""
+    chosen = salient_slices(saliency, count, axis)
+    fig, axes = plt.subplots(1, 2 * len(chosen), figsize=(2.6 * 2 * len(chosen), 3.2), squeeze=False)
+    for column, index in enumerate(chosen):
+        image = np.rot90(np.take(volume, index, axis=axis))  # (X, Y) -> rows = Y flipped: anterior at the top
+        heat = np.rot90(np.take(saliency, index, axis=axis))
+        plain, overlay = axes[0, 2 * column], axes[0, 2 * column + 1]
+        for ax in (plain, overlay):
+            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+            ax.axis("off")
+        overlay.imshow(_heat(heat))
+        plain.set_title(f"slice {index}", fontsize=8, loc="left")
+        overlay.set_title("Grad-CAM", fontsize=8)
+    fig.suptitle(caption, fontsize=9, x=0.01, ha="left")
+    fig.tight_layout()
+    return fig

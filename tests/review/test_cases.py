@@ -35,3 +35,18 @@ def test_unlabelled_cases_are_ordered_by_confidence_alone() -> None:
     table["pred"] = ["P", "P", "N"]
     ordered = review_order(table, card(("N", "P"), 0.5))
     assert list(ordered["case"]) == ["b", "c", "a"] and set(ordered["group"]) == {LEAST_CONFIDENT}
+
+
+def test_the_most_salient_slices_of_a_volume_are_shown_strongest_first() -> None:
+    import numpy as np
+
+    from medtl.review.cases import salient_slices, volume_case_figure
+
+    saliency = np.zeros((8, 9, 10))  # (X, Y, Z)
+    saliency[..., 7] = 1.0
+    saliency[..., 2] = 0.5
+    saliency[2:4, 2:4, 5] = 1.0  # strong but small
+    assert salient_slices(saliency, 3) == [7, 2, 5]
+    assert salient_slices(saliency, 2, axis=0)[0] in (2, 3)  # the small blob adds to X slices 2 and 3
+    figure = volume_case_figure(np.random.default_rng(0).uniform(size=(8, 9, 10)), saliency, "T1 case", count=2)
+    assert [ax.get_title(loc="left") for ax in figure.axes[::2]] == ["slice 7", "slice 2"]
