@@ -38,9 +38,9 @@ log = logging.getLogger("medtl.train")
 
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
-    """Seed -> data -> model -> adaptation -> tracking -> fit -> evaluate (source, then target) -> log;
-    return the run's summary metrics under their MLflow names (``val/final_auroc``, ``val/best_auroc``,
-    ``train/epochs``..., and ``target/*`` with a target domain).
+    """Seed -> data -> model -> adaptation -> tracking -> fit -> evaluate (source validation, the source's test
+    split, the target) -> log; return the run's summary metrics under their MLflow names (``val/final_auroc``,
+    ``val/best_auroc``, ``train/epochs``..., ``test/*`` with a test split, ``target/*`` with a target domain).
     With ``trainer.resume`` the run continues from its folder's ``last.pt``, in its own MLflow run."""
     cfg, folder, resumed = resume_point(cfg)
     _check_names(cfg)
@@ -208,9 +208,10 @@ def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationD
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:
     print("\nvalidation: " + ", ".join(f"{k.removeprefix('val/final_')}={v:.4f}" for k, v in metrics.items()
                                      if k.startswith("val/final_")))
-    target = {k.removeprefix("target/"): v for k, v in metrics.items() if k.startswith("target/")}
-    if target:
-        print("target: " + ", ".join(f"{k}={v:.4f}" for k, v in target.items()))
+    for prefix in ("test/", "target/"):
+        held_out = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+        if held_out:
+            print(f"{prefix[:-1]}: " + ", ".join(f"{k}={v:.4f}" for k, v in held_out.items()))
     print(f"MLflow run id: {run_id}")
     if model_uri:
         print(f"model: {model_uri}  (python -m medtl.predict model={model_uri} input=<folder> output=preds.csv)")
