@@ -142,6 +142,13 @@ class ImageClassificationData:
                      self.review_summary.dropped)
         return frame
 
+    @property
+    def all_rows(self) -> pd.DataFrame:
+        """Every labelled source row as read (labels mapped), before reviews leave any out or splits are made."""
+        if self._loaded is None:
+            raise RuntimeError("call setup() before using the data")
+        return self._loaded
+
     def case_names(self) -> CaseNames:
         """Names without patient identifiers for every file of this run (:mod:`medtl.data.pseudonym`)."""
         if self._case_names is None:
@@ -149,9 +156,7 @@ class ImageClassificationData:
         return self._case_names
 
     def _name_sets(self) -> list[tuple[pd.DataFrame, Path | None]]:
-        if self._loaded is None:
-            raise RuntimeError("call setup() before naming cases")
-        return [(self._loaded, self.source_root)]
+        return [(self.all_rows, self.source_root)]
 
     def case_table(self, predictions: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
         """A predictions table (``path, label, ...``) as it leaves the run: ``case`` for the path, the patient's

@@ -52,7 +52,7 @@ class ReviewRun:
     card: ModelCard
     model_uri: str
     _model: Any = field(default=None, repr=False)
-    _images: dict[str, str] | None = field(default=None, repr=False)
+    _images: dict[str, dict[str, str]] | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -63,12 +63,13 @@ class ReviewRun:
         linear probe too), rebuilt from the tensors-only state dict."""
         return self._model
 
-    def image_paths(self) -> dict[str, str]:
-        """``{case: file}`` for every image of the run's data that exists on this machine: the case names are
-        recomputed from the run's data config (:mod:`medtl.data.pseudonym`); empty when the data is not here."""
+    def image_paths(self, split: str = "val") -> dict[str, str]:
+        """``{case: file}`` for the images of ``split``'s data set (the source for ``val``/``test``, the target site
+        for ``target``) that exist on this machine: the case names are recomputed from the run's data config
+        (:mod:`medtl.data.pseudonym`); empty when the data is not here."""
         if self._images is None:
             self._images = _resolve_cases(self.config)
-        return self._images
+        return self._images.get("target" if split == "target" else "source", {})
 
 
 def find_run(run: str = "latest", experiment: str | None = None, metric: str = "val/best_auroc",
@@ -145,19 +146,22 @@ def _download(run_id: str, name: str, folder: str, required: bool = True) -> str
         raise MedtlError(f"run {run_id} has no artefact {name}; was it written by medtl.train?") from exc
 
 
-def _resolve_cases(config: DictConfig) -> dict[str, str]:
-    """``{case: path}`` from the run's data config; empty (with a log line saying why) when it cannot be read here."""
+def _resolve_cases(config: DictConfig) -> dict[str, dict[str, str]]:
+    """``{"source": {case: path}, "target": {case: path}}`` from the run's data config; empty (with a log line saying
+    why) when it cannot be read here. Source and target are kept apart: the same relative name may exist in both."""
     from hydra.utils import instantiate
 
     try:
         data = instantiate(OmegaConf.merge(config.data, {"check": False, "reviews": None}))
-        data.setup(validate=False)
+        data.setup()  # as the run did (a target's labels are checked against the source's classes)
         names = data.case_names()
     except Exception as exc:  # noqa: BLE001 - the images are optional for a review: say why and go on
         log.warning("the run's images are not available here (%s); galleries show the cases without images",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return {}
-    return {case: path for path, case in names.cases.items() if Path(path).is_file()}
+    target = getattr(data, "target_frame", None)
+    sets = {"source": data.all_rows["path"], "target": target["path"] if target is not None else []}
+    return {name: {names.case(str(p)): str(p) for p in paths if Path(p).is_file()} for name, paths in sets.items()}
 
 
 def run_header(review: ReviewRun) -> str:

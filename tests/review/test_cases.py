@@ -50,3 +50,17 @@ def test_the_most_salient_slices_of_a_volume_are_shown_strongest_first() -> None
     assert salient_slices(saliency, 2, axis=0)[0] in (2, 3)  # the small blob adds to X slices 2 and 3
     figure = volume_case_figure(np.random.default_rng(0).uniform(size=(8, 9, 10)), saliency, "T1 case", count=2)
     assert [ax.get_title(loc="left") for ax in figure.axes[::2]] == ["slice 7", "slice 2"]
+
+
+def test_review_finds_source_and_target_images_apart(tmp_path, demo_cache) -> None:
+    """A domain-adaptation run's cases map back to files per set: the target gallery never shows a source image."""
+    from medtl.review.run import _resolve_cases
+    from tests.conftest import compose_config, small_demo_overrides
+
+    cfg = compose_config(["+experiment=chest_xray_da", *small_demo_overrides(demo_cache), "data.image_size=64",
+                          f"data.sites_dir={tmp_path / 'sites'}"])
+    found = _resolve_cases(cfg)
+    source, target = found["source"], found["target"]
+    assert len(source) > 20 and len(target) > 5
+    assert all(str(tmp_path / "sites") in p for p in target.values())
+    assert not any(str(tmp_path / "sites") in p for p in source.values())
