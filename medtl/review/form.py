@@ -27,8 +27,8 @@ def review_template(cases: pd.DataFrame, run_id: str) -> pd.DataFrame:
     template["case"] = list(cases["case"])
     template["run_id"] = run_id
     template["unusable"] = "false"
-    template["model_label"] = list(cases["label"])  # what the run had; for the reviewer's reference only
-    template["model_pred"] = list(cases["pred"])
+    template["run_label"] = list(cases["label"])  # the label the run had, and its prediction: for reference only
+    template["run_pred"] = list(cases["pred"])
     return template
 
 

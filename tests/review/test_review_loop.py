@@ -92,7 +92,7 @@ def test_review_loop_from_training_to_the_report_and_back(tmp_path: Path) -> Non
     # A reviewer corrects one label and marks one image unusable; the next run trains on that.
     template = pd.read_csv(tmp_path / "review" / f"{run.info.run_id}.csv", dtype=str, keep_default_na=False)
     flip = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
-    template.loc[0, ["verdict", "corrected_label"]] = ["disagree", flip[template.at[0, "model_label"]]]
+    template.loc[0, ["verdict", "corrected_label"]] = ["disagree", flip[template.at[0, "run_label"]]]
     template.loc[1, ["verdict", "unusable"]] = ["unsure", "true"]
     template.loc[2, "verdict"] = "agree"
     reviews = tmp_path / "data_manifests" / "reviews" / f"{run.info.run_id}.csv"
