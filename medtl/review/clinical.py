@@ -20,7 +20,7 @@ from medtl.engine.metrics import (Calibration, auroc, binary_metrics, bootstrap_
                                   multiclass_metrics, threshold_for_specificity)
 from medtl.models.card import ModelCard
 
-__all__ = ["SPECIFICITIES", "ClinicalNumbers", "clinical_numbers", "clinical_figures", "operating_points", "roc_figure_with_ci",
+__all__ = ["SPECIFICITIES", "ClinicalNumbers", "held_out_split", "clinical_numbers", "clinical_figures", "operating_points", "roc_figure_with_ci",
            "reliability_figure", "subgroup_metrics", "label_indices"]
 
 SPECIFICITIES = (0.90, 0.95)
@@ -55,11 +55,16 @@ def label_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return np.array([lookup[str(label)] for label in table["label"]], dtype=int)
 
 
+def held_out_split(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """The run's ``test`` predictions when it has a non-empty test split, else ``None``."""
+    test = predictions.get("test")
+    return test if test is not None and len(test) else None
+
+
 def clinical_numbers(predictions: dict[str, pd.DataFrame], card: ModelCard, method: str = "youden",
                      seed: int = 0) -> ClinicalNumbers:
     """The numbers of a run's ``test`` predictions (thresholds from ``val``), else of ``val`` cross-fitted."""
-    val, test = predictions["val"], predictions.get("test")
-    held_out = test if test is not None and len(test) else None
+    val, held_out = predictions["val"], held_out_split(predictions)
     shown = held_out if held_out is not None else val
     classes = list(card.classes)
     labels = label_indices(shown, classes)
@@ -184,8 +189,8 @@ def clinical_figures(predictions: dict[str, pd.DataFrame], card: ModelCard, numb
     :func:`clinical_numbers` evaluated (binary tasks; none for more classes)."""
     if not card.binary:
         return []
-    shown = predictions["test"] if predictions.get("test") is not None and len(predictions["test"]) else predictions["val"]
+    held_out = held_out_split(predictions)
+    shown, name = (held_out, "test") if held_out is not None else (predictions["val"], "validation")
     labels, scores = label_indices(shown, list(card.classes)), shown["score"].to_numpy(float)
-    name = "test" if shown is predictions.get("test") else "validation"
     roc = roc_figure_with_ci({name: (labels, scores, numbers.ci)}, f"ROC on {name}", numbers.operating_points)
     return [roc, reliability_figure({name: numbers.calibration}, f"Calibration on {name}")]

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 
 from medtl.errors import MedtlError
-from medtl.review.clinical import ClinicalNumbers, clinical_numbers, label_indices
+from medtl.review.clinical import ClinicalNumbers, clinical_numbers, held_out_split, label_indices
 from medtl.review.run import ReviewRun, default_tracking_uri, find_run, load_run
 
 __all__ = ["load_runs", "comparison_table", "roc_curves", "calibrations", "benchmark_tables"]
+
+_NUMBERS: dict[str, ClinicalNumbers] = {}  # run id -> its clinical numbers (a finished run's tables do not change)
 
 
 def load_runs(runs: list[str] | str | None = None, experiment: str | None = None, tracking_uri: str | None = None,
@@ -35,7 +37,7 @@ def comparison_table(runs: list[ReviewRun]) -> pd.DataFrame:
     the data that did not choose the thresholds (see :mod:`medtl.review.clinical`)."""
     rows = []
     for run in runs:
-        numbers = clinical_numbers(run.predictions, run.card)
+        numbers = _numbers(run)
         row = {"run": run.run_name, "run id": run.run_id[:8], "strategy": run.card.strategy,
                "adaptation": run.card.adaptation, "AUROC": numbers.auroc,
                "95% CI": f"{numbers.ci[0]:.3f} to {numbers.ci[1]:.3f}", "evaluated on": _where(numbers)}
@@ -53,9 +55,10 @@ def roc_curves(runs: list[ReviewRun]) -> dict[str, tuple[np.ndarray, np.ndarray,
     :func:`~medtl.review.clinical.roc_figure_with_ci`."""
     curves = {}
     for run in (r for r in runs if r.card.binary):
-        shown = _evaluated(run)
+        shown = held_out_split(run.predictions)
+        shown = shown if shown is not None else run.predictions["val"]
         curves[_unique(run, curves)] = (label_indices(shown, run.classes), shown["score"].to_numpy(float),
-                                        clinical_numbers(run.predictions, run.card).ci)
+                                        _numbers(run).ci)
     return curves
 
 
@@ -63,7 +66,7 @@ def calibrations(runs: list[ReviewRun]) -> dict:
     """``{run name: Calibration}`` of each binary run, for :func:`~medtl.review.clinical.reliability_figure`."""
     found: dict = {}
     for run in (r for r in runs if r.card.binary):
-        found[_unique(run, found)] = clinical_numbers(run.predictions, run.card).calibration
+        found[_unique(run, found)] = _numbers(run).calibration
     return found
 
 
@@ -105,9 +108,11 @@ def _children(parent: str, uri: str) -> list[str]:
     return [r.info.run_id for r in found if r.data.tags.get("medtl.model_uri")]
 
 
-def _evaluated(run: ReviewRun) -> pd.DataFrame:
-    test = run.predictions.get("test")
-    return test if test is not None and len(test) else run.predictions["val"]
+def _numbers(run: ReviewRun) -> ClinicalNumbers:
+    """:func:`clinical_numbers` of ``run``, computed once per run (its bootstrap is the slow part)."""
+    if run.run_id not in _NUMBERS:
+        _NUMBERS[run.run_id] = clinical_numbers(run.predictions, run.card)
+    return _NUMBERS[run.run_id]
 
 
 def _where(numbers: ClinicalNumbers) -> str:

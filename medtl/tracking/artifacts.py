@@ -11,8 +11,8 @@ MODEL = "model"                     # the logged MLflow model (pt2 graph + tenso
 PLOTS = "plots"                     # figures: plots/<name>.png
 REVIEW = "review"                   # medtl.review's HTML report and executed notebook
 
-# Prediction tables, one per evaluated set: ``case, patient, label, score, pred[, domain]`` (binary) or
-# ``case, patient, label, pred, score_<class>...``; ``case`` is the image's path relative to its data root with
+# Prediction tables, one per evaluated set: ``case, label, score, pred, patient, split[, domain | site]`` (binary) or
+# ``case, label, pred, score_<class>..., patient, split[, domain | site]``; ``case`` is the image's path relative to its data root with
 # patient ids replaced by pseudonyms (medtl.data.pseudonym), ``patient`` the patient's pseudonym.
 PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv", "target": "target_predictions.csv"}
 
