@@ -54,21 +54,12 @@ class DicomSchema:
 
 
 @dataclass
-class DemoSchema:
-    n_patients: int = 240
-    image_size: int = 256
-    seed: int = 2024
-    second_image_fraction: float = 0.2
-    monochrome1_fraction: float = 0.35
-
-
-@dataclass
 class DataSchema:
     """``medtl.data.ImageClassificationData``."""
 
     root: Optional[str] = None
     manifest: Optional[str] = None
-    demo: Optional[DemoSchema] = None
+    demo: Optional[Dict[str, Any]] = None  # the pipeline's demo spec (checked by its dataclass)
     demo_dir: str = "~/.cache/medtl/demo"
     positive_class: Optional[str] = None
     classes: Optional[List[str]] = None
@@ -93,6 +84,7 @@ class DataSchema:
     intensity: IntensitySchema = field(default_factory=IntensitySchema)
     augment: AugmentSchema = field(default_factory=AugmentSchema)
     label_map: Optional[Dict[str, str]] = None
+    pipeline: Any = None  # its own _target_ (conf/data/pipeline/), checked against PIPELINE_SCHEMAS
 
 
 @dataclass
@@ -114,6 +106,14 @@ class DomainDataSchema(DataSchema):
 
 
 @dataclass
+class SlicesSchema:
+    axis: int = 2
+    count: int = 16
+    pooling: str = choices("mean", "attention", default="mean")
+    slab: bool = False
+
+
+@dataclass
 class ModelSchema:
     """``medtl.models.build_classifier`` (the encoder name is checked against the registry at build time)."""
 
@@ -129,6 +129,8 @@ class ModelSchema:
     bn: str = choices("train", "freeze", default="train")
     layer_decay: float = 1.0
     unfreeze_every: Optional[int] = None
+    input_shape: Optional[List[int]] = None  # set by training from the data pipeline
+    slices: SlicesSchema = field(default_factory=SlicesSchema)
 
 
 @dataclass
@@ -212,6 +214,42 @@ class PredictSchema:
     adaptation: str = choices("none", "adabn", default="none")
 
 
+@dataclass
+class RadiographPipelineSchema:
+    """``medtl.data.pipelines.RadiographPipeline``."""
+
+    image_size: int = 224
+    intensity: IntensitySchema = field(default_factory=IntensitySchema)
+    augment: AugmentSchema = field(default_factory=AugmentSchema)
+    dicom: DicomSchema = field(default_factory=DicomSchema)
+    max_pixels: int = 2**28
+
+
+@dataclass
+class VolumeAugmentSchema:
+    prob: float = 0.8
+    flip_lr: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    bias_field: float = 0.3
+    gamma: float = 0.3
+    noise_std: float = 0.02
+    thick_slices: float = 0.25
+
+
+@dataclass
+class VolumePipelineSchema:
+    """``medtl.data.pipelines.VolumePipeline``."""
+
+    spacing: List[float] = field(default_factory=lambda: [3.0, 3.0, 3.0])
+    shape: List[int] = field(default_factory=lambda: [64, 64, 56])
+    lower_percentile: float = 0.5
+    upper_percentile: float = 99.5
+    foreground: float = 0.1
+    augment: VolumeAugmentSchema = field(default_factory=VolumeAugmentSchema)
+    max_pixels: int = 2**28
+
+
 #: ``_target_`` -> its schema. Nodes with another target are not checked here.
 SCHEMAS: dict[str, type] = {
     "medtl.data.ImageClassificationData": DataSchema,
@@ -221,7 +259,10 @@ SCHEMAS: dict[str, type] = {
     "medtl.tracking.MlflowTracker": TrackingSchema,
     "medtl.adaptation.build_adaptation": AdaptationSchema,
     "medtl.engine.evaluation.Evaluator": EvaluationSchema,
+    "medtl.data.pipelines.RadiographPipeline": RadiographPipelineSchema,
+    "medtl.data.pipelines.VolumePipeline": VolumePipelineSchema,
 }
+NESTED_NODES = ("data.pipeline",)  # nodes with their own _target_ inside a group
 ROOT_KEYS = ("data", "model", "adaptation", "trainer", "tracking", "evaluation", "experiment_name", "seed",
              "optimized_metric", "hydra")
 
@@ -229,9 +270,9 @@ ROOT_KEYS = ("data", "model", "adaptation", "trainer", "tracking", "evaluation",
 def validate_config(cfg: DictConfig) -> None:
     """Check every known node of ``cfg`` against its schema; raise one :class:`MedtlError` line at the first fault."""
     _check_keys("", dict(cfg), ROOT_KEYS)
-    for group in ROOT_KEYS:
-        node = cfg.get(group) if isinstance(cfg.get(group), DictConfig) else None
-        if node is None or node.get("_target_") not in SCHEMAS:
+    for group in (*ROOT_KEYS, *NESTED_NODES):
+        node = OmegaConf.select(cfg, group)
+        if not isinstance(node, DictConfig) or node.get("_target_") not in SCHEMAS:
             continue
         values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in HYDRA_KEYS}
         schema = SCHEMAS[node.get("_target_")]

@@ -30,10 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 from medtl import CONFIG_DIR
 from medtl.atomic import write_csv_atomic
 from medtl.adaptation.adabn import recompute_batchnorm_statistics
-from medtl.data.inventory import SKIPPED, Inventory, scan_folder
+from medtl.data.inventory import SKIPPED, Inventory
 from medtl.data.manifest import read_manifest, scan_tree
-from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions
-from medtl.data.transforms import IntensityConfig, eval_transforms
+from medtl.data.readers import DEFAULT_MAX_PIXELS
+from medtl.data.dicom_series import SERIES_MARK
+from medtl.data.pipelines import ImagePipeline, RadiographPipeline
 from medtl.engine.evaluation import predictions_frame
 from medtl.engine.loop import predict_loader, resolve_device
 from medtl.config_schema import validate_predict_config
@@ -58,7 +59,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if adaptation not in ("none", "adabn"):
         raise MedtlError(f"adaptation={adaptation} is not available at prediction time; use none or adabn")
     model, card = load_model(str(cfg.model), cfg.tracking_uri, eager=adaptation == "adabn")
-    frame, inventory = input_frame(str(cfg.input))
+    frame, inventory = input_frame(str(cfg.input), card.pipeline())
     _report_inputs(inventory, Path(cfg.output))
     transform = card_transforms(card, max_pixels=int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
     items = [{"image": p, "path": p} for p in frame["path"]]
@@ -66,7 +67,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     if adaptation == "adabn":
         model = adapt_batchnorm(model, loader, device, cfg.progress)
-    preds = predict_loader(model, loader, device, progress=cfg.progress, tta=bool(cfg.tta))
+    preds = predict_loader(model, loader, device, progress=cfg.progress,
+                           tta=card.pipeline().tta_views if cfg.tta else None)
     labels = list(frame["label"]) if "label" in frame.columns else None
     out = predictions_frame(preds.paths, preds.probs, list(card.classes), labels, threshold=card.threshold)
     write_csv_atomic(out, Path(cfg.output))
@@ -85,10 +87,10 @@ def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.de
 
 
 def card_transforms(card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS, storage_dtype: type = np.float32) -> Any:
-    """The deterministic preprocessing the model was trained with, from its card: file -> ``(C, S, S)``."""
-    pre = card.preprocessing
-    return eval_transforms(pre.image_size, card.weights_info(), IntensityConfig(pre.lower_percentile, pre.upper_percentile),
-                           DicomOptions(pre.dicom_voi, pre.dicom_frames), storage_dtype, max_pixels)
+    """The deterministic preprocessing the model was trained with, from its card: file -> ``(C, *input_shape)``."""
+    pipeline = card.pipeline()
+    pipeline.max_pixels = max_pixels  # the decoding budget is this machine's choice, not the model's
+    return pipeline.eval_transforms(card.weights_info(), storage_dtype)
 
 
 def load_model(ref: str, tracking_uri: str, eager: bool = False) -> tuple[Any, ModelCard]:
@@ -120,9 +122,7 @@ def _eager_model(local: Path, card: ModelCard, ref: str) -> TransferModel:
         raise MedtlError(f"model '{ref}' has no eager weights (extra_files/{STATE_DICT_FILE}); adaptation=adabn "
                          "and the review's saliency maps need a model logged by this version of medtl.train: "
                          "retrain it, or use adaptation=none")
-    arch = card.architecture
-    model = build_classifier(arch.encoder, "scratch", arch.num_classes, weights=None, in_channels=arch.in_channels,
-                             image_size=arch.image_size, grey_input=arch.grey_input)
+    model = build_classifier(strategy="scratch", weights=None, **card.architecture.build_kwargs())
     model.load_state_dict(load_state_dict(state_path, ref))
     return model.eval()
 
@@ -136,22 +136,28 @@ def _download(ref: str, tracking_uri: str, destination: str) -> Path:
                          "pass a models:/ or runs:/ URI shown by medtl.train, or a local model folder") from exc
 
 
-def input_frame(source: str) -> tuple[pd.DataFrame, Inventory]:
+def input_frame(source: str, pipeline: ImagePipeline | None = None) -> tuple[pd.DataFrame, Inventory]:
     """Rows with ``path`` (and ``label`` when the input carries one) from a CSV, a tree or a plain folder, and
-    the inventory of every file found: each input is predicted, or skipped or refused with its reason."""
+    the inventory of every file found: each input is predicted, or skipped or refused with its reason. The
+    model's ``pipeline`` says what an input is (an image file; a NIfTI file or a DICOM series for volumes)."""
+    pipeline = pipeline if pipeline is not None else RadiographPipeline()
     path = Path(source)
     if path.suffix.lower() == ".csv":
         frame = read_manifest(path, required=("path",), allow_outside_root=True)
         return frame, Inventory(used=[Path(p) for p in frame["path"]])
     if not path.is_dir():
         raise MedtlError(f"input {path} does not exist; pass a folder of images, a class-per-folder tree or a manifest CSV")
-    plain = scan_folder(path)
+    plain = pipeline.scan_folder(path)
     if plain.used:
-        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        accounted = {str(p).partition(SERIES_MARK)[0] for p in plain.used}
+        for sub in sorted(p for p in path.iterdir() if p.is_dir() and str(p) not in accounted):
             plain.add(sub, SKIPPED, "a sub-folder of a folder of images; predict it on its own")
         return pd.DataFrame({"path": [os.path.abspath(p) for p in plain.used]}), plain
-    frame, inventory = scan_tree(path, allow_outside_root=True)
-    inventory.others = plain.others + [o for o in inventory.others if o["reason"] != "not inside a class folder"]
+    frame, inventory = scan_tree(path, allow_outside_root=True, scan=pipeline.scan_folder)
+    loose = [o for o in plain.others if not Path(o["path"]).is_dir()]  # class folders are read as such
+    seen = {o["path"] for o in loose}
+    inventory.others = loose + [o for o in inventory.others
+                                if o["reason"] != "not inside a class folder" and o["path"] not in seen]
     return frame, inventory
 
 

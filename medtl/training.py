@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import numpy as np
 from hydra.utils import instantiate
 from monai.utils import set_determinism
 from omegaconf import DictConfig, OmegaConf
@@ -50,7 +49,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     data: ImageClassificationData = instantiate(cfg.data)
     data.setup()
     check = data.run_checks()
-    model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes))
+    model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes),
+                                       input_shape=list(data.pipeline.input_shape))
     adaptation: AdaptationMethod = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
     trainer: Trainer = instantiate(cfg.trainer)
     loaders = run_loaders(data, model.encoder.weights_info, not trainer.trains_on_features(model, adaptation),
@@ -71,18 +71,20 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             tracker.log_missing_epochs(resumed.history)
         fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
                           adaptation=adaptation, target_loader=loaders.target_train, resume=resumed)
-        final = trainer.predict(model, loaders.source_val, desc="final validation", tta=evaluator.tta)
+        tta = data.pipeline.tta_views if evaluator.tta else None
+        final = trainer.predict(model, loaders.source_val, desc="final validation", tta=tta)
         report = evaluator.report(final)
         metrics = _log_report(tracker, report, fit, data)
         if loaders.source_test is not None:  # scored at the threshold validation chose
-            test = trainer.predict(model, loaders.source_test, desc="test", tta=evaluator.tta)
+            test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
         if loaders.target_eval is not None:
             domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
                                      trainer.progress, cfg.seed)
             _log_domain_report(tracker, domain, data)
             metrics.update(domain.metrics)
-        model_uri = tracker.log_model(model, _input_example(model, data), model_card(cfg, model, data, report).to_dict())
+        example = data.pipeline.input_example(model.encoder.weights_info.in_channels)
+        model_uri = tracker.log_model(model, example, model_card(cfg, model, data, report).to_dict())
         registered = tracker.register(model_uri, _card(cfg, data, report, final, check))
         trainer.run_folder.finish()
     prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
@@ -181,12 +183,6 @@ def _log_reviews(tracker: MlflowTracker, data: ImageClassificationData) -> None:
     tracker.set_tag("medtl.reviews_sha256", data.review_summary.sha256)
 
 
-def _input_example(model: TransferModel, data: ImageClassificationData) -> np.ndarray:
-    """A ``(2, C, S, S)`` float32 batch: the exported model's input signature."""
-    channels = model.encoder.weights_info.in_channels
-    return np.zeros((2, channels, data.image_size, data.image_size), dtype=np.float32)
-
-
 def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationData,
                report: EvaluationReport) -> ModelCard:
     """The typed card the logged model carries: what ``medtl.predict`` needs to preprocess inputs and read outputs,
@@ -195,10 +191,12 @@ def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationD
     preprocessing = Preprocessing(
         image_size=data.image_size, in_channels=weights.in_channels, mean=tuple(weights.mean), std=tuple(weights.std),
         lower_percentile=data.intensity.lower_percentile, upper_percentile=data.intensity.upper_percentile,
-        dicom_voi=data.dicom.voi, dicom_frames=data.dicom.frames)
+        dicom_voi=data.dicom.voi, dicom_frames=data.dicom.frames, pipeline=data.pipeline.to_card())
+    slices = OmegaConf.to_container(cfg.model.slices) if cfg.model.get("slices") is not None else {}
     architecture = Architecture(encoder=str(cfg.model.encoder), num_classes=len(data.classes),
                                 in_channels=int(cfg.model.in_channels), grey_input=str(cfg.model.grey_input),
-                                image_size=data.image_size)
+                                image_size=data.image_size, input_shape=tuple(data.pipeline.input_shape),
+                                slices=slices if data.pipeline.spatial_dims == 3 else {})
     return ModelCard(classes=tuple(data.classes), threshold=report.threshold, preprocessing=preprocessing,
                      architecture=architecture, strategy=model.strategy.name, adaptation=str(cfg.adaptation.method),
                      encoder_weights=weights.source, data_root=data.source_root.name if data.source_root else "",

@@ -14,6 +14,7 @@ from PIL import Image
 
 from medtl import CONFIG_DIR
 from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
+from medtl.data.demo_volumes import VolumeDemoSpec, ensure_demo_mri_volumes
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -21,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # tests run in parallel workers (pyte
     os.environ["OMP_NUM_THREADS"] = "1"    # processes they start inherit it, so workers never spin on each other's cores
     torch.set_num_threads(1)
 SMALL_DEMO = DemoSpec(n_patients=48, image_size=96, seed=7)
+SMALL_VOLUME_DEMO = VolumeDemoSpec(n_subjects=10, seed=5)
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +41,12 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_manifest(demo_cache: Path) -> Path:
     """A 48-patient synthetic DICOM chest X-ray set (generated once per test session)."""
     return ensure_demo_chest_xray(demo_cache, SMALL_DEMO)
+
+
+@pytest.fixture(scope="session")
+def volume_demo_manifest(demo_cache: Path) -> Path:
+    """A 10-subject synthetic T1 / FLAIR NIfTI set (generated once per test session)."""
+    return ensure_demo_mri_volumes(demo_cache, SMALL_VOLUME_DEMO)
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:

@@ -39,15 +39,20 @@ def test_schema_lists_exactly_the_targets_arguments(target: str) -> None:
 
 
 def test_nested_schemas_match_the_dataclasses_the_code_uses() -> None:
-    from medtl.data.demo import DemoSpec
+    from medtl.data.pipelines.volume import VolumeAugmentConfig
     from medtl.data.readers import DicomOptions
     from medtl.data.transforms import AugmentConfig, IntensityConfig
+    from medtl.models.slices import SliceConfig
 
-    hints = typing.get_type_hints(SCHEMAS["medtl.data.ImageClassificationData"])
-    for key, real in {"intensity": IntensityConfig, "augment": AugmentConfig, "dicom": DicomOptions,
-                      "demo": DemoSpec}.items():
-        schema = next(t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t))
-        assert [f.name for f in dataclasses.fields(schema)] == [f.name for f in dataclasses.fields(real)], key
+    nested = [("medtl.data.ImageClassificationData", {"intensity": IntensityConfig, "augment": AugmentConfig,
+                                                      "dicom": DicomOptions}),
+              ("medtl.data.pipelines.VolumePipeline", {"augment": VolumeAugmentConfig}),
+              ("medtl.models.build_classifier", {"slices": SliceConfig})]
+    for target, keys in nested:
+        hints = typing.get_type_hints(SCHEMAS[target])
+        for key, real in keys.items():
+            schema = next(t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t))
+            assert [f.name for f in dataclasses.fields(schema)] == [f.name for f in dataclasses.fields(real)], key
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 from medtl.atomic import write_text_atomic
 from medtl.data.inventory import Inventory, sniff
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiograph
+
+if TYPE_CHECKING:
+    from medtl.data.pipelines import ImagePipeline
 from medtl.engine.metrics import auroc
 from medtl.errors import MedtlError, exit_on_user_error
 
@@ -103,17 +106,22 @@ def inspect_image(path: str, loader: LoadRadiograph) -> ImageFacts:
 
 def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe: bool = True,
                 progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                inventory: Inventory | None = None) -> tuple[CheckReport, list[ImageFacts]]:
+                inventory: Inventory | None = None, pipeline: ImagePipeline | None = None,
+                ) -> tuple[CheckReport, list[ImageFacts]]:
     """Check a manifest frame (``path, label, patient_id[, split]``); return the report and per-image facts.
 
     Without a ``split`` column, duplicates shared by two patients are warned about: the patient-level split
     that training makes could put one copy on each side. ``inventory`` (the files a tree held besides its
-    images) is reported with the counts.
+    images) is reported with the counts. ``pipeline`` reads the inputs and says which facts they have (a
+    volume's shape, spacing and orientation); by default radiographs with ``dicom`` and ``max_pixels``.
     """
-    loader = LoadRadiograph(dicom, max_pixels)
+    if pipeline is None:
+        from medtl.data.pipelines import RadiographPipeline
+
+        pipeline = RadiographPipeline(dicom=asdict(dicom), max_pixels=max_pixels)
     paths = frame["path"].drop_duplicates()
-    read = {p: inspect_image(p, loader) for p in tqdm(paths, desc="data check: reading", unit="image",
-                                                       disable=not progress)}
+    read = {p: pipeline.inspect(p) for p in tqdm(paths, desc="data check: reading", unit="image",
+                                                  disable=not progress)}
     has_split = "split" in frame.columns
     frame = frame.assign(split=frame["split"] if has_split else "train").reset_index(drop=True)
     facts = [read[p] for p in frame["path"]]
@@ -127,14 +135,15 @@ def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe
                 if leak.startswith("duplicate")]
     warnings += [] if has_split else _cross_patient_duplicates(frame, exact)
     warnings += [] if shortcut is None or shortcut <= SHORTCUT_WARNING_AUROC else [
-        f"shortcut probe AUROC {shortcut:.3f} > {SHORTCUT_WARNING_AUROC}: label-free image properties (size, "
-        "intensity histogram, borders, acquisition tags) predict the label; a model may learn where images came "
-        "from instead of the disease"]
+        f"shortcut probe AUROC {shortcut:.3f} > {SHORTCUT_WARNING_AUROC}: label-free image properties (size or "
+        "shape, spacing, orientation, intensity histogram, borders, acquisition tags) predict the label; a model "
+        "may learn where images came from (or how they were acquired) instead of what they show"]
     readable = [facts[i] for i in good]
     report = CheckReport(
         counts=_counts(frame), unreadable=[{"path": f.path, "reason": f.reason} for f in facts if not f.readable],
         exact_duplicates=exact, near_duplicates=near, leaks=leaks, problems=problems, warnings=warnings,
-        shortcut_auroc=shortcut, sizes=pd.Series([f"{f.height}x{f.width}" for f in readable]).value_counts().to_dict(),
+        shortcut_auroc=shortcut,
+        sizes=pd.Series([f.tags.get("shape", f"{f.height}x{f.width}") for f in readable]).value_counts().to_dict(),
         photometric=pd.Series([f.tags.get("PhotometricInterpretation", "non-DICOM") for f in readable]).value_counts().to_dict(),
         inputs=(inventory if inventory is not None else Inventory(used=list(paths))).counts(),
         skipped=inventory.others if inventory is not None else [])
@@ -252,11 +261,12 @@ def _shortcut_probe(frame: pd.DataFrame, facts: list[ImageFacts]) -> float | Non
     if len(set(labels)) < 2 or frame["patient_id"].nunique() < 10:
         return None
     table = pd.DataFrame([f.features for f in facts])
-    tags = pd.DataFrame([f.tags for f in facts]).drop(columns=["PhotometricInterpretation"], errors="ignore")
+    tags = pd.DataFrame([f.tags for f in facts]).drop(columns=["PhotometricInterpretation", "shape"], errors="ignore")
     for column in tags.columns:  # categorical acquisition tags as integer codes
         table[f"tag_{column}"] = pd.Categorical(tags[column].fillna("")).codes
     folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
-    model = HistGradientBoostingClassifier(max_iter=100, random_state=0)
+    # sklearn's default leaf size (20) cannot split a set of a few dozen volumes; small sets get smaller leaves.
+    model = HistGradientBoostingClassifier(max_iter=100, random_state=0, min_samples_leaf=max(2, min(20, len(table) // 10)))
     probs = cross_val_predict(model, table.to_numpy(), labels, groups=frame["patient_id"].to_numpy(), cv=folds,
                               method="predict_proba")
     return auroc(labels, probs[:, 1] if probs.shape[1] == 2 else probs)
@@ -311,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if data is None:
         report, _ = check_frame(frame)
     else:
-        report, _ = check_frame(frame, data.dicom, max_pixels=data.max_pixels, inventory=data.inventory)
+        report, _ = check_frame(frame, inventory=data.inventory, pipeline=data.pipeline)
     print(format_report(report))
     if out:
         write_text_atomic(out, report.to_json())

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 from monai.data import CacheDataset, DataLoader, Dataset
 
-from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
 from medtl.data.cache import CheckedPersistentDataset
 from medtl.data.inventory import REFUSED, Inventory
 from medtl.data.manifest import read_manifest, scan_tree
@@ -20,7 +19,9 @@ from medtl.data.pseudonym import CaseNames
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions
 from medtl.data.reviews import ReviewSummary, apply_reviews
 from medtl.data.split import assign_validation_split, subsample_patients
-from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
+from medtl.data.dicom_series import SERIES_MARK
+from medtl.data.pipelines import ImagePipeline, RadiographPipeline
+from medtl.data.transforms import AugmentConfig, IntensityConfig
 from medtl.errors import MedtlError, find_user_error
 from medtl.models.registry import WeightsInfo
 
@@ -49,6 +50,8 @@ class ImageClassificationData:
         allow_outside_root: let manifest paths and tree links point outside the data's folder.
         reviews: a review CSV (data_manifests/reviews/README.md): its corrected labels replace the images' labels
             and images it marks unusable are left out; what it changed is logged with the run.
+        pipeline: the :class:`~medtl.data.pipelines.ImagePipeline` for the kind of input (``data.pipeline``);
+            by default radiographs with ``image_size``, ``intensity``, ``augment``, ``dicom`` and ``max_pixels``.
     """
 
     def __init__(self, root: str | None = None, manifest: str | None = None, demo: dict | None = None,
@@ -61,7 +64,8 @@ class ImageClassificationData:
                  check: bool = True, on_error: str = "raise", train_fraction: float = 1.0,
                  train_subset_seed: int = 0, label_map: dict[str, str] | None = None,
                  classes: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 allow_outside_root: bool = False, reviews: str | None = None) -> None:
+                 allow_outside_root: bool = False, reviews: str | None = None,
+                 pipeline: ImagePipeline | None = None) -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
@@ -81,6 +85,8 @@ class ImageClassificationData:
         self.label_map = dict(label_map) if label_map else None
         self.expected_classes = [str(c) for c in classes] if classes else None
         self.max_pixels, self.allow_outside_root = int(max_pixels), bool(allow_outside_root)
+        self.pipeline = pipeline if pipeline is not None else RadiographPipeline(
+            image_size, asdict(self.intensity), asdict(self.augment), asdict(self.dicom), self.max_pixels)
         self.reviews = reviews
         self.review_summary: ReviewSummary | None = None
         self.source_root: Path | None = None  # the folder case names are relative to
@@ -123,7 +129,7 @@ class ImageClassificationData:
         every file of a tree that is not used is in ``self.inventory`` (and, with ``on_error=raise``, a refused
         path stops the run)."""
         frame, self.inventory = load_source_frame(self.root, self.manifest, self.demo, self.demo_dir,
-                                                  self.patient_id_patterns, self.allow_outside_root)
+                                                  self.patient_id_patterns, self.allow_outside_root, self.pipeline)
         self.source_root = source_folder(self.root, self.manifest, frame)
         refused = [o for o in self.inventory.others if o["status"] == REFUSED]
         if refused and getattr(self, "_stop_on_refused", self.on_error == "raise"):
@@ -178,7 +184,7 @@ class ImageClassificationData:
         from medtl.data.check import check_frame  # imported here: ``python -m medtl.data.check`` runs that module
 
         frame = self._require_setup()
-        report, _ = check_frame(frame, self.dicom, progress=True, max_pixels=self.max_pixels, inventory=self.inventory)
+        report, _ = check_frame(frame, progress=True, inventory=self.inventory, pipeline=self.pipeline)
         if report.unreadable and self.on_error == "raise":
             raise MedtlError(f"{len(report.unreadable)} unreadable image(s), first: {report.unreadable[0]['reason']} "
                              "(or set data.on_error=skip to train without them)")
@@ -223,12 +229,11 @@ class ImageClassificationData:
         return self.loader(train_ds, shuffle=True), self.loader(val_ds, shuffle=False)
 
     def transform(self, weights: WeightsInfo, augment: bool) -> Any:
-        """Training (random affine + noise after the cached deterministic part) or evaluation transforms."""
+        """The pipeline's training (random part after the cached deterministic part) or evaluation transforms."""
         storage = np.float16 if self.cache == "disk" else np.float32
         if augment:
-            return train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage,
-                                    self.max_pixels)
-        return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage, self.max_pixels)
+            return self.pipeline.train_transforms(weights, storage)
+        return self.pipeline.eval_transforms(weights, storage)
 
     def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
@@ -260,10 +265,9 @@ class ImageClassificationData:
 
     def _persistent(self, items: list[dict[str, Any]], transform: Any, weights: WeightsInfo) -> CheckedPersistentDataset:
         """A disk cache whose key covers the file (path, size, mtime) and every deterministic setting."""
-        signature = (f"v2-float16|{self.image_size}|{asdict(self.intensity)}|{asdict(self.dicom)}|"
-                     f"{weights.mean}|{weights.std}")
+        signature = self.pipeline.cache_signature(weights)
         for item in items:
-            stat = os.stat(item["path"])
+            stat = os.stat(item["path"].partition(SERIES_MARK)[0])
             item["cache_key"] = f"{signature}|{stat.st_size}|{stat.st_mtime_ns}"
         cache_dir = Path(self.cache_dir).expanduser()
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -285,16 +289,17 @@ def source_folder(root: str | None, manifest: str | None, frame: pd.DataFrame) -
 
 
 def load_source_frame(root: str | None, manifest: str | None, demo: dict | None, demo_dir: str,
-                      patient_id_patterns: Sequence[str],
-                      allow_outside_root: bool = False) -> tuple[pd.DataFrame, Inventory]:
-    """The manifest frame of whichever source is configured (manifest, then root, then the demo) and the
-    inventory of the files a tree holds besides its images (empty for manifests: every row is used or refused)."""
+                      patient_id_patterns: Sequence[str], allow_outside_root: bool = False,
+                      pipeline: ImagePipeline | None = None) -> tuple[pd.DataFrame, Inventory]:
+    """The manifest frame of whichever source is configured (manifest, then root, then the pipeline's demo) and
+    the inventory of the files a tree holds besides its inputs (empty for manifests: every row is used or refused)."""
+    pipeline = pipeline if pipeline is not None else RadiographPipeline()
     if manifest:
         frame = read_manifest(manifest, root=root, allow_outside_root=allow_outside_root)
     elif root:
-        return scan_tree(root, patient_id_patterns, allow_outside_root)
+        return scan_tree(root, patient_id_patterns, allow_outside_root, pipeline.scan_folder)
     elif demo is not None:
-        frame = read_manifest(ensure_demo_chest_xray(demo_dir, DemoSpec(**demo)))
+        frame = read_manifest(pipeline.demo(demo_dir, dict(demo)))
     else:
         raise MedtlError("no data source: set data.root=<class-per-folder tree> or data.manifest=<csv>, "
                          "or run +experiment=chest_xray for the built-in demo")

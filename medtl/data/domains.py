@@ -23,7 +23,7 @@ from monai.data import DataLoader
 
 from medtl.data.datamodule import ImageClassificationData, apply_label_map, source_folder
 from medtl.data.inventory import Inventory, scan_folder
-from medtl.data.manifest import read_manifest, scan_tree, write_manifest
+from medtl.data.manifest import FolderScanner, patient_id_from_name, read_manifest, scan_tree, write_manifest
 from medtl.data.shift import shift_for, write_shifted_site
 from medtl.data.split import stratified_group_holdout
 from medtl.errors import MedtlError
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 SITE_MANIFEST = "manifest.csv"
 
 
-def read_target_frame(path: str, patient_id_patterns: list[str],
-                      inventory: Inventory | None = None) -> pd.DataFrame:
+def read_target_frame(path: str, patient_id_patterns: list[str], inventory: Inventory | None = None,
+                      scan: FolderScanner = scan_folder) -> pd.DataFrame:
     """Target images from a manifest CSV (``label`` optional), a class-per-folder tree, or a folder of
     plain images (unlabelled, each image its own patient). Unlabelled rows have ``label == ""``.
     Files of a folder that are not used are added to ``inventory`` (with their reason)."""
@@ -47,12 +47,12 @@ def read_target_frame(path: str, patient_id_patterns: list[str],
         return frame if "label" in frame.columns else frame.assign(label="")
     if not source.is_dir():
         raise MedtlError(f"data.target={path} is neither a manifest CSV nor a folder; point it at target images")
-    plain = scan_folder(source, source)
+    plain = scan(source, source, False)
     if plain.used:
         inventory.extend(plain)
         return pd.DataFrame({"path": [os.path.abspath(p) for p in plain.used], "label": "",
-                             "patient_id": [p.stem for p in plain.used]})
-    frame, tree = scan_tree(source, patient_id_patterns)
+                             "patient_id": [patient_id_from_name(p.name, []) for p in plain.used]})
+    frame, tree = scan_tree(source, patient_id_patterns, scan=scan)
     inventory.extend(tree)
     return frame
 
@@ -130,12 +130,15 @@ class DomainAdaptationData(ImageClassificationData):
         frame = super()._load_frame()
         if self.target:
             found = Inventory()
-            target = apply_label_map(read_target_frame(self.target, self.patient_id_patterns, found), self.label_map,
-                                     "data.label_map")
+            target = apply_label_map(read_target_frame(self.target, self.patient_id_patterns, found,
+                                                       self.pipeline.scan_folder), self.label_map, "data.label_map")
             if found.others:
                 log.warning("target %s: %s; listed in skipped_files.csv", self.target, found.summary())
                 self.skipped = pd.concat([self.skipped, found.frame().assign(status=lambda f: "target " + f["status"])],
                                          ignore_index=True)
+        elif self.pipeline.spatial_dims != 2:
+            raise MedtlError("data.target_simulation simulates another site for radiographs; for volumes give "
+                             "data.target (for example a site written by medtl.data.volume_shift.write_volume_site)")
         else:
             sim = self.target_simulation
             frame, target = simulated_site(frame, self.sites_dir, str(sim["severity"]), float(sim["fraction"]),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from medtl.errors import MedtlError
 
-__all__ = ["Inventory", "sniff", "check_path", "scan_folder", "describe_path", "require_readable", "IMAGE_SUFFIXES",
+__all__ = ["Inventory", "sniff", "check_path", "inside_folder", "scan_folder", "describe_path", "require_readable", "IMAGE_SUFFIXES",
            "REFUSED", "SKIPPED"]
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,11 @@ def _file_type(mode: int) -> str:
         if test(mode):
             return name
     return "not a plain file"
+
+
+def inside_folder(path: Path, root: Path) -> bool:
+    """Whether ``path`` (links resolved) lies inside ``root``."""
+    return _inside(path, root)
 
 
 def _inside(path: Path, root: Path) -> bool:

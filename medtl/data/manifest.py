@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from medtl.atomic import write_csv_atomic
+from medtl.data.dicom_series import SERIES_MARK
 from medtl.data.pseudonym import MIN_KEY_BYTES, PSEUDONYM_KEY_ENV, pseudonym
-from medtl.data.inventory import IMAGE_SUFFIXES, SKIPPED, Inventory, check_path, describe_path, scan_folder
+from medtl.data.inventory import (IMAGE_SUFFIXES, SKIPPED, Inventory, check_path, describe_path, inside_folder,
+                                  scan_folder)
 from medtl.errors import MedtlError
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 
+FolderScanner = Callable[[Path, Path, bool], Inventory]  # (folder, root, allow_outside_root) -> its inputs
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 OPTIONAL_COLUMNS = ("split", "domain")
 log = logging.getLogger(__name__)
@@ -96,8 +99,8 @@ def manifest_from_tree(root: str | Path, patient_id_patterns: Sequence[str] = ()
     return frame
 
 
-def scan_tree(root: str | Path, patient_id_patterns: Sequence[str] = (),
-              allow_outside_root: bool = False) -> tuple[pd.DataFrame, Inventory]:
+def scan_tree(root: str | Path, patient_id_patterns: Sequence[str] = (), allow_outside_root: bool = False,
+              scan: FolderScanner = scan_folder) -> tuple[pd.DataFrame, Inventory]:
     """A manifest frame from a class-per-folder tree, and the inventory of every file under it.
 
     Two layouts are recognised: ``root/<CLASS>/<image>`` and ``root/<split>/<CLASS>/<image>``
@@ -105,21 +108,23 @@ def scan_tree(root: str | Path, patient_id_patterns: Sequence[str] = (),
     name through ``patient_id_patterns`` (first regex whose group 1 matches); an image no pattern
     matches is its own patient. Files outside class folders, in sub-folders of a class folder, hidden
     or not images are skipped with a reason; FIFOs, devices, bad links and links leaving ``root`` are refused.
+    ``scan`` says which entries of a class folder are inputs (an image pipeline's ``scan_folder``: a volume
+    pipeline takes DICOM series sub-folders too).
     """
     root = Path(root)
     if not root.is_dir():
         raise MedtlError(f"data root {root} is not a folder; set data.root to a class-per-folder tree")
-    inventory = _loose_files(root, root, "not inside a class folder", allow_outside_root)
+    inventory = _loose_files(root, root, "not inside a class folder", allow_outside_root, scan)
     class_dirs = _subfolders(root, inventory)
     split_dirs = [d for d in class_dirs if d.name.lower() in _SPLIT_ALIASES]
     rows: list[dict[str, str | None]] = []
     if split_dirs and len(split_dirs) == len(class_dirs):
         for split_dir in split_dirs:
-            inventory.extend(_loose_files(split_dir, root, "not inside a class folder", allow_outside_root))
+            inventory.extend(_loose_files(split_dir, root, "not inside a class folder", allow_outside_root, scan))
             rows += _rows_for_classes(split_dir, _SPLIT_ALIASES[split_dir.name.lower()], patient_id_patterns,
-                                      root, allow_outside_root, inventory)
+                                      root, allow_outside_root, inventory, scan)
     else:
-        rows = _rows_for_classes(root, None, patient_id_patterns, root, allow_outside_root, inventory)
+        rows = _rows_for_classes(root, None, patient_id_patterns, root, allow_outside_root, inventory, scan)
     if not rows:
         raise MedtlError(
             f"data root {root} holds no images ({', '.join(IMAGE_SUFFIXES)}) in class folders; "
@@ -139,12 +144,18 @@ def list_images(folder: Path, allow_outside_root: bool = True) -> list[Path]:
 
 
 def patient_id_from_name(file_name: str, patterns: Sequence[str]) -> str:
-    """The patient id encoded in ``file_name`` by the first matching pattern, else the file's stem."""
+    """The patient id encoded in ``file_name`` by the first matching pattern, else the file's stem (a NIfTI
+    file's name without ``.nii.gz``; for ``<folder>#series-<n>``, the folder: a study's series are one patient)."""
+    file_name = file_name.rpartition(SERIES_MARK)[0] or file_name
     for pattern in patterns:
         match = re.search(pattern, file_name)
         if match:
             return match.group(1)
-    return Path(file_name).stem
+    lowered = file_name.lower()
+    for suffix in (".nii.gz", ".nii"):
+        if lowered.endswith(suffix):
+            return file_name[:-len(suffix)]
+    return Path(file_name).stem if Path(file_name).suffix.lower() in IMAGE_SUFFIXES or "." in file_name else file_name
 
 
 def pseudonymise_patient_ids(frame: pd.DataFrame, key: str | bytes) -> pd.DataFrame:
@@ -162,12 +173,16 @@ def pseudonymise_patient_ids(frame: pd.DataFrame, key: str | bytes) -> pd.DataFr
 
 
 def _rows_for_classes(folder: Path, split: str | None, patterns: Sequence[str], root: Path,
-                      allow_outside_root: bool, inventory: Inventory) -> list[dict[str, str | None]]:
+                      allow_outside_root: bool, inventory: Inventory,
+                      scan: FolderScanner = scan_folder) -> list[dict[str, str | None]]:
     rows: list[dict[str, str | None]] = []
     for class_dir in _subfolders(folder, inventory):
-        found = scan_folder(class_dir, root, allow_outside_root)
+        found = scan(class_dir, root, allow_outside_root)
         inventory.extend(found)
+        accounted = {str(p).partition(SERIES_MARK)[0] for p in found.used} | {o["path"] for o in found.others}
         for sub in _subfolders(class_dir, inventory):
+            if str(sub) in accounted:
+                continue
             inventory.add(sub, SKIPPED, f"a folder inside class folder '{class_dir.name}'; only files directly "
                           "inside a class folder are read")
         rows += [{"path": os.path.abspath(image), "label": class_dir.name,
@@ -187,21 +202,37 @@ def _subfolders(folder: Path, inventory: Inventory) -> list[Path]:
     return found
 
 
-def _loose_files(folder: Path, root: Path, reason: str, allow_outside_root: bool) -> Inventory:
+def _loose_files(folder: Path, root: Path, reason: str, allow_outside_root: bool,
+                 scan: FolderScanner = scan_folder) -> Inventory:
     """Files directly in ``folder`` where a class folder was expected: all reported, none used."""
     inventory = Inventory()
-    loose = scan_folder(folder, root, allow_outside_root)
+    loose = scan(folder, root, allow_outside_root)
     for entry in loose.others:
-        inventory.others.append(entry)
+        if not _is_subfolder(entry["path"], folder):  # class folders are read as such
+            inventory.others.append(entry)
     for path in loose.used:
-        inventory.add(path, SKIPPED, reason)
+        if not _is_subfolder(path, folder):
+            inventory.add(path, SKIPPED, reason)
     return inventory
+
+
+def _is_subfolder(path: str | Path, folder: Path) -> bool:
+    """Whether an inventory entry is a folder inside ``folder`` (a volume scanner lists series folders)."""
+    entry = Path(str(path).partition(SERIES_MARK)[0])
+    return entry != folder and entry.parent == folder and entry.is_dir()
 
 
 def _resolve_row(path_text: str, manifest: Path, row: int, base: Path, allow_outside_root: bool) -> str:
     """A manifest cell as an absolute path (links left unresolved); refused by name when it must not be read."""
-    path = Path(path_text).expanduser()
+    folder_text, mark, series = path_text.partition(SERIES_MARK)
+    path = Path(folder_text).expanduser()
     absolute = Path(os.path.abspath(path if path.is_absolute() else manifest.parent / path))
+    if absolute.is_dir() and not absolute.is_symlink():  # a DICOM series folder (volume pipelines)
+        outside = not (path.is_absolute() or allow_outside_root or inside_folder(absolute, base))
+        if outside:
+            raise MedtlError(f"manifest {manifest} row {row}: {describe_path(absolute)}: resolves outside the data "
+                             f"folder {base}; move it inside or set data.allow_outside_root=true")
+        return f"{absolute}{mark}{series}"
     reason = check_path(absolute, None if path.is_absolute() else base, allow_outside_root)
     if reason is not None and not reason.startswith("cannot be accessed"):  # missing files: one summary below
         raise MedtlError(f"manifest {manifest} row {row}: {describe_path(absolute)}: {reason}")
@@ -209,12 +240,13 @@ def _resolve_row(path_text: str, manifest: Path, row: int, base: Path, allow_out
 
 
 def _relative_if_inside(path_text: str, base: Path) -> str:
-    path, base = Path(path_text).resolve(), base.resolve()
-    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+    folder, mark, series = path_text.partition(SERIES_MARK)
+    path, base = Path(folder).resolve(), base.resolve()
+    return (str(path.relative_to(base)) if path.is_relative_to(base) else str(path)) + mark + series
 
 
 def _check_files_exist(paths: pd.Series, source: str) -> None:
-    missing = [p for p in paths if not Path(p).exists()]
+    missing = [p for p in paths if not Path(str(p).partition(SERIES_MARK)[0]).exists()]
     if missing:
         raise MedtlError(f"{len(missing)} image(s) listed in {source} do not exist, first: {missing[0]}; "
                          "fix the paths (relative paths are relative to the manifest) or remove the rows")

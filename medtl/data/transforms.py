@@ -76,14 +76,14 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
     ]
     return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), _store_as(storage_dtype),
                     *random_part,
-                    _normalise(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
+                    normalise_for(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
 
 
 def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
                     dicom: DicomOptions = DicomOptions(), storage_dtype: type = np.float32,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:
     """Deterministic part, then the encoder's normalisation; the result is ``storage_dtype``."""
-    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), _normalise(weights),
+    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), normalise_for(weights),
                     _store_as(storage_dtype)])
 
 
@@ -92,6 +92,7 @@ def _store_as(dtype: type) -> EnsureTyped:
     return EnsureTyped(IMAGE, dtype=dtype, track_meta=False)
 
 
-def _normalise(weights: WeightsInfo) -> NormalizeIntensityd:
+def normalise_for(weights: WeightsInfo) -> NormalizeIntensityd:
+    """The encoder's input normalisation for one grey channel."""
     # Grey input: the encoder's first convolution was collapsed to one channel, so one mean/std.
     return NormalizeIntensityd(IMAGE, subtrahend=float(np.mean(weights.mean)), divisor=float(np.mean(weights.std)))

@@ -46,28 +46,29 @@ class FitResult:
     seconds: float = 0.0
 
 
+TTAViews = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
 def tta_views(images: torch.Tensor, shift_fraction: float = 0.04) -> list[torch.Tensor]:
-    """Test-time views of ``(B, C, H, W)`` images: as they are, flipped left-right, and shifted by
-    ``shift_fraction`` of the size down-right and up-left (edges replicated, same shape)."""
-    shift = max(1, round(shift_fraction * images.shape[-1]))
-    padded = nn.functional.pad(images, (shift, shift, shift, shift), mode="replicate")  # (B, C, H+2s, W+2s)
-    height, width = images.shape[-2:]
-    return [images, torch.flip(images, dims=[-1]), padded[..., :height, :width],
-            padded[..., 2 * shift:2 * shift + height, 2 * shift:2 * shift + width]]
+    """Radiograph test-time views (:func:`medtl.data.pipelines.radiograph.radiograph_tta_views`)."""
+    from medtl.data.pipelines.radiograph import radiograph_tta_views
+
+    return radiograph_tta_views(images, shift_fraction)
 
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-                   progress: bool = True, desc: str = "predict", tta: bool = False) -> Predictions:
-    """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, H, W)`` images);
-    with ``tta`` the mean over :func:`tta_views`."""
+                   progress: bool = True, desc: str = "predict", tta: TTAViews | bool | None = None) -> Predictions:
+    """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, *spatial)`` inputs);
+    with ``tta`` (the image pipeline's ``tta_views``; ``True``: radiograph views) the mean over its views."""
+    views_of = tta_views if tta is True else (tta or None)
     model.to(device)
     if not isinstance(model, torch.fx.GraphModule):  # exported (pt2) graphs are in eval form and refuse .eval()
         model.eval()
     probs, labels, paths = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         images = batch["image"].to(device, non_blocking=True).float()  # (B, C, H, W)
-        views = tta_views(images) if tta else [images]
+        views = views_of(images) if views_of else [images]
         with _autocast(device, amp):
             batch_probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)  # (B, K)
         probs.append(batch_probs.cpu().numpy())
@@ -293,7 +294,8 @@ class Trainer:
         log.info("resuming after epoch %d (best so far: epoch %d, %.4f)", state.epoch - 1, state.best_epoch,
                  state.best_score)
 
-    def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict", tta: bool = False) -> Predictions:
+    def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict",
+                tta: TTAViews | bool | None = None) -> Predictions:
         """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
         return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc, tta=tta)
 

@@ -15,13 +15,15 @@ from medtl.models.registry import WeightsInfo
 
 __all__ = ["CARD_VERSION", "Preprocessing", "Architecture", "ModelCard"]
 
-CARD_VERSION = 2  # 1: the flat metadata of medtl before the card (read, converted); 2: this layout
+CARD_VERSION = 3  # 1: the flat metadata before the card (converted); 2: no pipeline (radiographs); 3: this layout
 VERSION_KEY = "medtl_version"
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a file becomes the model's input ``(in_channels, image_size, image_size)``."""
+    """How a file becomes the model's input: ``pipeline`` is the image pipeline's card (``kind`` and settings,
+    :func:`medtl.data.pipelines.pipeline_from_card`); the other fields are the radiograph settings that cards
+    before version 3 carried alone (still written, for readers of those cards)."""
 
     image_size: int
     in_channels: int
@@ -31,6 +33,7 @@ class Preprocessing:
     upper_percentile: float = 99.5
     dicom_voi: str = "auto"
     dicom_frames: str = "first"
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
     def weights_info(self, source: str = "") -> WeightsInfo:
         return WeightsInfo(source=source, mean=tuple(self.mean), std=tuple(self.std), in_channels=self.in_channels)
@@ -45,6 +48,14 @@ class Architecture:
     in_channels: int = 1
     grey_input: str = "sum"
     image_size: int = 224
+    input_shape: tuple[int, ...] = ()  # the pipeline's spatial shape; () for cards before version 3: (S, S)
+    slices: dict[str, Any] = field(default_factory=dict)  # 2.5D settings (model.slices) of a volume model
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`medtl.models.build_classifier` that rebuild this network."""
+        return {"encoder": self.encoder, "num_classes": self.num_classes, "in_channels": self.in_channels,
+                "grey_input": self.grey_input, "image_size": self.image_size,
+                "input_shape": self.input_shape or None, "slices": dict(self.slices) or None}
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,8 @@ class ModelCard:
                        preprocessing=Preprocessing(**{**meta["preprocessing"],
                                                       "mean": tuple(meta["preprocessing"]["mean"]),
                                                       "std": tuple(meta["preprocessing"]["std"])}),
-                       architecture=Architecture(**meta["architecture"]), strategy=str(meta["strategy"]),
+                       architecture=Architecture(**{**meta["architecture"], "input_shape": tuple(
+                           meta["architecture"].get("input_shape", ()))}), strategy=str(meta["strategy"]),
                        adaptation=str(meta.get("adaptation", "none")),
                        encoder_weights=str(meta.get("encoder_weights", "")), data_root=str(meta.get("data_root", "")),
                        medtl_release=str(meta.get("medtl_release", "")), version=CARD_VERSION)
@@ -114,6 +126,15 @@ class ModelCard:
     def weights_info(self) -> WeightsInfo:
         """The input normalisation and channels the encoder expects."""
         return self.preprocessing.weights_info(self.encoder_weights)
+
+    def pipeline(self) -> Any:
+        """The :class:`~medtl.data.pipelines.ImagePipeline` the model was trained with (radiographs for cards
+        before version 3)."""
+        from medtl.data.pipelines import RadiographPipeline, pipeline_from_card
+
+        if self.preprocessing.pipeline:
+            return pipeline_from_card(dict(self.preprocessing.pipeline), "the model card")
+        return RadiographPipeline.from_preprocessing(self.preprocessing)
 
 
 def _from_version_1(meta: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ baseline that shows what pretraining buys.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from medtl.errors import MedtlError
 from medtl.models.registry import Encoder, create_encoder
+from medtl.models.slices import SliceConfig, SliceEncoder
 
 __all__ = ["Strategy", "STRATEGIES", "TransferModel", "build_classifier"]
 
@@ -41,7 +43,7 @@ STRATEGIES = {
 class TransferModel(nn.Module):
     """An encoder with a task head, trained according to a :class:`Strategy`.
 
-    ``forward``: ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
+    ``forward``: ``(B, C, H, W)`` images or ``(B, C, X, Y, Z)`` volumes -> logits ``(B, num_classes)``.
     """
 
     def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float, bn: str = "train",
@@ -113,16 +115,46 @@ class TransferModel(nn.Module):
 def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str | None = "imagenet",
                      weights_path: str | None = None, in_channels: int = 1, image_size: int = 224,
                      dropout: float = 0.2, encoder_lr_mult: float = 0.1, grey_input: str = "sum",
-                     bn: str = "train", layer_decay: float = 1.0, unfreeze_every: int | None = None) -> TransferModel:
-    """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head."""
+                     bn: str = "train", layer_decay: float = 1.0, unfreeze_every: int | None = None,
+                     input_shape: Sequence[int] | None = None, slices: dict | None = None) -> TransferModel:
+    """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head.
+
+    ``input_shape`` is the image pipeline's spatial shape (training passes it; ``(S, S)`` by default). For a
+    volume ``(X, Y, Z)``, a 3D encoder (``efficientnet_lite0_3d``) takes it whole and a 2D encoder becomes a 2.5D
+    one (:class:`~medtl.models.slices.SliceEncoder`, configured by ``slices``)."""
     if strategy not in STRATEGIES:
         raise MedtlError(f"model.strategy='{strategy}' is unknown; choose one of {sorted(STRATEGIES)}")
     chosen = STRATEGIES[strategy]
     if chosen.pretrained and weights is None:
         raise MedtlError(f"model.strategy={strategy} needs pretrained weights but model.weights is null; "
                          "set model.weights=imagenet or use model.strategy=scratch")
+    shape = tuple(int(n) for n in input_shape) if input_shape else (int(image_size), int(image_size))
+    config = SliceConfig(**dict(slices or {}))
+    if len(shape) == 3 and config.pooling == "attention" and not chosen.train_encoder:
+        raise MedtlError("model.slices.pooling=attention trains its attention with the encoder; use "
+                         "model.strategy=finetune (or scratch), or model.slices.pooling=mean for a linear probe")
     net = create_encoder(encoder, weights=weights if chosen.pretrained else None,
                          weights_path=weights_path if chosen.pretrained else None,
-                         in_channels=in_channels, image_size=image_size, grey_input=grey_input)
+                         in_channels=3 if len(shape) == 3 and config.slab else in_channels,
+                         image_size=_encoder_size(encoder, shape, config), grey_input=grey_input)
+    net = _for_input(net, encoder, shape, config)
     net.reset_head(num_classes, dropout=dropout)
     return TransferModel(net, chosen, encoder_lr_mult, bn, layer_decay, unfreeze_every)
+
+
+def _encoder_size(encoder: str, shape: tuple[int, ...], config: SliceConfig) -> int:
+    """The size an encoder's static padding is computed for: the largest side of what it sees."""
+    if len(shape) == 3 and not encoder.endswith("_3d"):
+        return max(n for axis, n in enumerate(shape) if axis != config.axis)  # the 2D slices
+    return max(shape)
+
+
+def _for_input(net: Encoder, encoder: str, shape: tuple[int, ...], config: SliceConfig) -> Encoder:
+    """The encoder as the input needs it: 2D on images, 2.5D or 3D on volumes."""
+    dims = getattr(net, "spatial_dims", 2)
+    if len(shape) == 3 and dims == 2:
+        return SliceEncoder(net, config)
+    if len(shape) != dims:
+        raise MedtlError(f"model.encoder={encoder} is a {dims}D encoder but the data pipeline gives {len(shape)}D "
+                         f"inputs {list(shape)}; use a 2D encoder on images, and a 2D (2.5D) or 3D one on volumes")
+    return net

@@ -52,11 +52,12 @@ class Encoder(nn.Module):
     weights_info: WeightsInfo
     head: nn.Module
     repeat_grey: bool = False
+    spatial_dims: int = 2  # 2: (B, C, H, W) images; 3: (B, C, X, Y, Z) volumes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features: ``(B, C, H, W)`` -> ``(B, num_features)``."""
         if self.repeat_grey:
-            x = x.expand(-1, 3, -1, -1)  # (B, 1, H, W) -> (B, 3, H, W)
+            x = x.expand(-1, 3, *x.shape[2:])  # (B, 1, *spatial) -> (B, 3, *spatial)
         return self._features(x)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,3 +100,24 @@ def test_repeated_rows_conflicting_labels_and_cross_patient_copies_are_reported(
     assert any(p.startswith("identical images under labels ['A', 'B']") for p in report.problems)
     assert any("a patient-level split could put them on both sides (no split column)" in w for w in report.warnings)
     assert report.inputs["inputs.used"] == len(frame) + 1  # distinct files read: each once
+
+
+def test_shape_shortcut_of_volumes_is_flagged(tmp_path: Path) -> None:
+    """Two classes of the same content stored at different shapes and spacings: the probe sees it."""
+    import nibabel as nib
+
+    from medtl.data.pipelines import VolumePipeline
+
+    rng, rows = np.random.default_rng(0), []
+    for subject in range(12):
+        for label, shape, zoom in (("T1", (20, 24, 18), 2.0), ("FLAIR", (24, 20, 14), 2.5)):
+            data = rng.gamma(2.0, 50.0, shape).astype(np.float32)
+            path = tmp_path / label / f"s{subject}_{label}.nii.gz"
+            path.parent.mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.diag([zoom, zoom, zoom, 1.0])), str(path))
+            rows.append({"path": str(path), "label": label, "patient_id": f"s{subject}"})
+    report, facts = check_frame(pd.DataFrame(rows), progress=False, pipeline=VolumePipeline(shape=(16, 16, 16)))
+    assert report.shortcut_auroc is not None and report.shortcut_auroc > 0.9
+    assert any("shape, spacing, orientation" in w for w in report.warnings)
+    assert report.sizes == {"20x24x18": 12, "24x20x14": 12}
+    assert facts[0].features["spacing_x"] == 2.0 and facts[0].tags["orientation"] == "RAS"

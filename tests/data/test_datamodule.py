@@ -58,7 +58,7 @@ def test_disk_cache_is_reused_and_invalidated_per_file(tmp_path: Path, write_png
 
     calls.clear()
     resized = make_data(tmp_path / "data", tmp_path / "cache")
-    resized.image_size = 48  # a preprocessing setting changed: everything is decoded again
+    resized.pipeline.image_size = 48  # a preprocessing setting changed: everything is decoded again
     images = val_images(resized)
     assert len(calls) == len(images) and images[0].shape == (1, 48, 48)
     assert images[0].dtype == np.float16  # what the disk cache keeps

@@ -20,7 +20,7 @@ def test_sum_and_repeat_give_the_same_output_for_a_grey_image(name: str) -> None
     summed = create_encoder(name, weights=None, in_channels=1, image_size=64, grey_input="sum").eval()
     torch.manual_seed(0)
     repeated = create_encoder(name, weights=None, in_channels=1, image_size=64, grey_input="repeat").eval()
-    x = torch.randn(2, 1, 64, 64)
+    x = torch.randn(2, 1, 64, 64, *((24,) if summed.spatial_dims == 3 else ()))  # volumes for 3D encoders
     with torch.no_grad():
         torch.testing.assert_close(summed(x), repeated(x), rtol=1e-4, atol=1e-4)
     assert repeated.weights_info.in_channels == 1 and repeated.repeat_grey

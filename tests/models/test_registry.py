@@ -17,7 +17,8 @@ def test_encoder_forward_backward(name: str, in_channels: int) -> None:
     encoder = create_encoder(name, weights=None, in_channels=in_channels, image_size=64)
     assert isinstance(encoder, Encoder)
     encoder.reset_head(3)
-    x = torch.randn(2, in_channels, 64, 64)
+    volume = encoder.spatial_dims == 3  # (B, C, X, Y, Z) volumes for 3D encoders
+    x = torch.randn(2, in_channels, 64, 64, *((24,) if volume else ()))
     features = encoder.forward_features(x)
     assert features.shape == (2, encoder.num_features)
     logits = encoder(x)

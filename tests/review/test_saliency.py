@@ -17,8 +17,9 @@ def test_gradcam_gives_input_sized_maps_for_every_encoder_and_restores_frozen_pa
     encoder.reset_head(2)
     model = TransferModel(encoder, STRATEGIES["linear_probe"], 1.0)  # encoder frozen, as a linear probe's is
     frozen = [p.requires_grad for p in model.parameters()]
-    maps = gradcam_maps(model, torch.randn(3, 1, 64, 64), [0, 1, 1])
-    assert maps.shape == (3, 64, 64) and np.isfinite(maps).all()
+    spatial = (64, 64, 24) if encoder.spatial_dims == 3 else (64, 64)  # volumes for 3D encoders: 3D maps
+    maps = gradcam_maps(model, torch.randn(3, 1, *spatial), [0, 1, 1])
+    assert maps.shape == (3, *spatial) and np.isfinite(maps).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     assert [p.requires_grad for p in model.parameters()] == frozen
     assert gradcam_target_layer(model).startswith("encoder.")
