@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -65,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spacing", type=float, default=4.0, help="mm, isotropic")
     parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 42])
     parser.add_argument("--slices", type=int, default=16, help="2.5D: slices per volume")
-    parser.add_argument("--sites-dir", default=str(HERE / "results" / "mri_sites"))
+    parser.add_argument("--sites-dir", default=str(Path(os.environ.get("MEDTL_CACHE_DIR", "~/.cache/medtl"))
+                                                   .expanduser() / "mri_volume_sites"))
     parser.add_argument("--out-name", default="mri_volumes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # run one approach in this process
     return parser.parse_args(argv)
@@ -100,7 +102,8 @@ def one_run(args: argparse.Namespace, approach: str, fold: int, seed: int, frame
     pipeline = VolumePipeline(spacing=(args.spacing,) * 3, shape=tuple(args.shape))
     data = ImageClassificationData(manifest=str(manifest), positive_class="FLAIR", val_fraction=0.2,
                                    split_seed=seed, batch_size=4, check=False, pipeline=pipeline,
-                                   patient_id_patterns=PATTERNS, cache_workers=1)
+                                   patient_id_patterns=PATTERNS, cache_workers=1, cache="disk",
+                                   cache_dir=str(Path(args.sites_dir) / "cache"))  # each volume decoded once
     data.setup()
     spec = APPROACHES[approach]
     model = build_classifier(spec["encoder"], spec["strategy"], 2, weights=spec.get("weights", "imagenet"),
@@ -129,7 +132,7 @@ def worker(args: argparse.Namespace) -> None:
     done = {(r["approach"], r["fold"], r["seed"]) for r in _read_rows(results)}
     frame = folds_manifest(args)
     sites = site_frames(frame, args)
-    workdir = HERE / "results" / f".{args.out_name}_work_{args.worker}"
+    workdir = Path(args.sites_dir) / f"work_{args.out_name}_{args.worker}"
     workdir.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for fold in range(args.folds):
@@ -148,6 +151,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def summarise(args: argparse.Namespace, seconds: float) -> None:
     rows = pd.DataFrame(_read_rows(HERE / "results" / f"{args.out_name}.jsonl"))
+    rows = rows[rows["seed"].isin(args.seeds) & rows["approach"].isin(args.approaches)]
     metrics = [c for c in rows.columns if c.endswith(("_auroc", "_accuracy"))]
     table = rows.groupby("approach")[metrics + ["seconds_per_epoch", "peak_rss_mib"]].mean().reset_index()
     table.insert(1, "runs", rows.groupby("approach").size().values)

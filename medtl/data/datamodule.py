@@ -1,6 +1,7 @@
 """From a data source (manifest, class-per-folder tree or the built-in demo) to MONAI data loaders."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -265,7 +266,10 @@ class ImageClassificationData:
 
     def _persistent(self, items: list[dict[str, Any]], transform: Any, weights: WeightsInfo) -> CheckedPersistentDataset:
         """A disk cache whose key covers the file (path, size, mtime) and every deterministic setting."""
-        signature = self.pipeline.cache_signature(weights)
+        # The chain of transforms is part of the key: a file cached by the training transforms (not normalised) must
+        # never be served to evaluation (normalised), which happens whenever a file changes split between runs.
+        chain = "|".join(type(t).__name__ for t in getattr(transform, "transforms", ()))
+        signature = f"{self.pipeline.cache_signature(weights)}|{hashlib.sha256(chain.encode()).hexdigest()[:12]}"
         for item in items:
             stat = os.stat(item["path"].partition(SERIES_MARK)[0])
             item["cache_key"] = f"{signature}|{stat.st_size}|{stat.st_mtime_ns}"

@@ -11,9 +11,6 @@ appears when complete (written to a temporary sibling, then renamed).
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from medtl.atomic import ensure_folder
 from medtl.data.manifest import write_manifest
 
 __all__ = ["DemoSpec", "dx_dataset", "ensure_demo_chest_xray", "synthetic_chest", "write_dx_dicom"]
@@ -50,21 +48,8 @@ class DemoSpec:
 
 def ensure_demo_chest_xray(cache_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Return the demo manifest under ``cache_dir``, generating the set first if it is not there."""
-    target = Path(cache_dir).expanduser() / spec.cache_key()
-    manifest = target / MANIFEST_NAME
-    if manifest.is_file():
-        return manifest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        _write_demo_set(staging, spec)
-        os.replace(staging, target)
-    except OSError:
-        if not manifest.is_file():  # another process did not win the race either
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+    return ensure_folder(Path(cache_dir).expanduser() / spec.cache_key(), MANIFEST_NAME,
+                         lambda folder: _write_demo_set(folder, spec))
 
 
 def synthetic_chest(rng: np.random.Generator, size: int, pneumonia: bool) -> np.ndarray:

@@ -13,8 +13,6 @@ and ``<set>/manifest.csv``.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from medtl.atomic import ensure_folder
 from medtl.data.manifest import write_manifest
 
 __all__ = ["VolumeDemoSpec", "ensure_demo_mri_volumes", "brain_phantom", "SEQUENCES"]
@@ -50,22 +49,8 @@ class VolumeDemoSpec:
 
 def ensure_demo_mri_volumes(cache_dir: str | Path, spec: VolumeDemoSpec = VolumeDemoSpec()) -> Path:
     """Return the demo manifest under ``cache_dir``, generating the set first if it is not there."""
-    target = Path(cache_dir).expanduser() / spec.cache_key()
-    manifest = target / MANIFEST_NAME
-    if manifest.is_file():
-        return manifest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        _write_set(staging, spec)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: use its copy
-            if not manifest.is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+    return ensure_folder(Path(cache_dir).expanduser() / spec.cache_key(), MANIFEST_NAME,
+                         lambda folder: _write_set(folder, spec))
 
 
 def _write_set(folder: Path, spec: VolumeDemoSpec) -> None:

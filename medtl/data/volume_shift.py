@@ -9,9 +9,6 @@ place, and whatever differs is what another site would really differ by.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from tqdm.auto import tqdm
 
+from medtl.atomic import ensure_folder
 from medtl.data.manifest import write_manifest
 from medtl.data.volumes import LoadVolume
 from medtl.errors import MedtlError
@@ -145,21 +143,13 @@ def write_volume_site(frame: pd.DataFrame, folder: str | Path, site: VolumeSite,
     The site appears under ``folder`` only when complete (a temporary sibling renamed into place); an existing
     site is reused. Returns the manifest path.
     """
-    target = Path(folder).expanduser()
-    manifest = target / "manifest.csv"
-    if manifest.is_file():
-        return manifest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    def write(staging: Path) -> None:
         rows = [_write_one(row, index, staging, site, seed)
                 for index, row in enumerate(tqdm(frame.to_dict("records"), desc=f"site {site.name}",
                                                  unit="volume", disable=not progress))]
         write_manifest(pd.DataFrame(rows), staging / "manifest.csv")
-        os.replace(staging, target) if not target.exists() else None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+
+    return ensure_folder(Path(folder).expanduser(), "manifest.csv", write)
 
 
 def _write_one(row: dict, index: int, folder: Path, site: VolumeSite, seed: int) -> dict:

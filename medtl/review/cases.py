@@ -49,8 +49,9 @@ def review_order(table: pd.DataFrame, card: ModelCard) -> pd.DataFrame:
 
 
 class CaseImages:
-    """The model inputs ``(N, C, S, S)`` and display images ``(N, S, S)`` in [0, 1] of some cases; a case whose
-    file is not on this machine has ``available[i] == False`` and a blank image."""
+    """The model inputs ``(N, C, *input_shape)`` and display images ``(N, *input_shape)`` in [0, 1] of some cases
+    (``(S, S)`` images, ``(X, Y, Z)`` volumes); a case whose file is not on this machine has ``available[i] == False``
+    and a blank image."""
 
     def __init__(self, inputs: torch.Tensor, display: np.ndarray, available: np.ndarray) -> None:
         self.inputs, self.display, self.available = inputs, display, available
@@ -61,15 +62,15 @@ def load_case_images(cases: list[str], paths: dict[str, str], card: ModelCard) -
     from medtl.predict import card_transforms
 
     transform = card_transforms(card)
-    size, channels = card.preprocessing.image_size, card.preprocessing.in_channels
+    shape, channels = card.pipeline().input_shape, card.preprocessing.in_channels
     mean, std = float(np.mean(card.preprocessing.mean)), float(np.mean(card.preprocessing.std))
-    inputs = torch.zeros((len(cases), channels, size, size))  # (N, C, S, S), normalised as the encoder expects
+    inputs = torch.zeros((len(cases), channels, *shape))  # (N, C, *input_shape), normalised as the encoder expects
     available = np.zeros(len(cases), dtype=bool)
     for index, case in enumerate(cases):
         if case in paths:
             inputs[index] = torch.as_tensor(np.asarray(transform({"image": paths[case]})["image"]))
             available[index] = True
-    display = (inputs.mean(dim=1).numpy() * std + mean).clip(0.0, 1.0)  # (N, S, S): undo the normalisation
+    display = (inputs.mean(dim=1).numpy() * std + mean).clip(0.0, 1.0)  # (N, *input_shape): undo the normalisation
     display[~available] = 0.5
     return CaseImages(inputs, display, available)
 
@@ -129,10 +130,22 @@ def case_gallery(rows: pd.DataFrame, paths: dict[str, str], model: torch.nn.Modu
 
     images = load_case_images(list(rows["case"]), paths, card)
     maps = None
-    if model is not None and images.available.any():
+    slices = getattr(getattr(model, "encoder", None), "slice_encoder", None) is not None  # 2.5D: no 3D Grad-CAM
+    if model is not None and images.available.any() and not slices:
         classes = 1 if card.binary else [list(card.classes).index(p) for p in rows["pred"]]
         maps = gradcam_maps(model, images.inputs, classes)
+    if images.display.ndim == 4:  # volumes: each case as its most salient axial slice (the middle one without maps)
+        images, maps = _salient_axial_slices(images, maps)
     return gallery_figure(rows, images, maps, card, title)
+
+
+def _salient_axial_slices(images: CaseImages, maps: np.ndarray | None) -> tuple[CaseImages, np.ndarray | None]:
+    """``(N, X, Y, Z)`` volumes (and maps) -> ``(N, Y, X)`` axial slices, anterior at the top."""
+    chosen = [salient_slices(m, 1)[0] for m in maps] if maps is not None else [images.display.shape[-1] // 2] * len(
+        images.display)
+    display = np.stack([np.rot90(volume[..., z]) for volume, z in zip(images.display, chosen)])
+    flat = np.stack([np.rot90(m[..., z]) for m, z in zip(maps, chosen)]) if maps is not None else None
+    return CaseImages(images.inputs, np.ascontiguousarray(display), images.available), flat
 
 
 def salient_slices(saliency: np.ndarray, count: int = 3, axis: int = -1) -> list[int]:

@@ -166,7 +166,7 @@ def _resolve_cases(config: DictConfig) -> dict[str, dict[str, str]]:
 
 def run_header(review: ReviewRun) -> str:
     """A Markdown summary of the run for the top of a review: what was trained on what, and its warnings."""
-    card, pre = review.card, review.card.preprocessing
+    card = review.card
     threshold = f"{card.threshold:.3f}" if card.threshold is not None else "most probable class"
     metrics = ", ".join(f"{name} {review.metrics[key]:.3f}" for key, name in
                         (("val/final_auroc", "validation AUROC"), ("test/auroc", "test AUROC"),
@@ -176,7 +176,16 @@ def run_header(review: ReviewRun) -> str:
              f"**Model** {card.architecture.encoder}, {card.strategy}"
              f"{'' if card.adaptation == 'none' else f', adapted with {card.adaptation}'}; weights {card.encoder_weights}",
              f"**Data** {review.tags.get('medtl.dataset', card.data_root)}; classes {', '.join(card.classes)}; "
-             f"{pre.image_size} px; decision threshold {threshold} (chosen on validation)",
+             f"{_input_size(card)}; decision threshold {threshold} (chosen on validation)",
              f"**Metrics** {metrics or 'none logged'}"]
     lines += ["**Data check warnings**"] + [f"- {w}" for w in warnings] if warnings else []
     return "\n\n".join(lines)
+
+
+def _input_size(card: ModelCard) -> str:
+    """``224 px`` for images; ``64 x 64 x 56 voxels of 3 mm`` for volumes."""
+    pipeline = card.pipeline()
+    if pipeline.spatial_dims == 2:
+        return f"{card.preprocessing.image_size} px"
+    spacing = getattr(pipeline, "spacing", None)
+    return f"{' x '.join(map(str, pipeline.input_shape))} voxels" + (f" of {spacing[0]:g} mm" if spacing else "")

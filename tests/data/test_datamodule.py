@@ -81,3 +81,18 @@ def test_train_fraction_shrinks_training_only_and_is_seeded(demo_manifest: Path)
     assert abs((tenth["split"] == "train").sum() - 0.25 * n_train) <= 3
     assert set(tenth.loc[tenth["split"] == "train", "label"]) == {"NORMAL", "PNEUMONIA"}
     assert tenth.equals(frame(0.25)) and not tenth.equals(frame(0.25, seed=1))
+
+
+def test_disk_cache_keeps_training_and_evaluation_entries_of_one_file_apart(tmp_path: Path, write_png) -> None:
+    """A file in the training split of one run and the validation split of the next (another seed) must come out
+    normalised for evaluation, not as the un-normalised deterministic part the training transforms cached."""
+    for label in ("A", "B"):
+        for i in range(8):
+            write_png(tmp_path / "data" / label / f"{label}{i}.png", seed=i + (50 if label == "B" else 0))
+    data = make_data(tmp_path / "data", tmp_path / "cache")
+    rows = data.frame.assign(split="train")
+    trained = data.dataset("train", data.transform(WEIGHTS, augment=True), WEIGHTS, rows)
+    _ = [trained[i] for i in range(len(trained))]  # fills the cache with training entries
+    evaluated = data.dataset("train", data.transform(WEIGHTS, augment=False), WEIGHTS, rows)
+    first = np.asarray(evaluated[0]["image"], dtype=np.float32)
+    assert first.min() < -0.5  # normalised with mean 0.5, std 0.5: [0, 1] -> [-1, 1]

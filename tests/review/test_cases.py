@@ -64,3 +64,32 @@ def test_review_finds_source_and_target_images_apart(tmp_path, demo_cache) -> No
     assert len(source) > 20 and len(target) > 5
     assert all(str(tmp_path / "sites") in p for p in target.values())
     assert not any(str(tmp_path / "sites") in p for p in source.values())
+
+
+def test_a_volume_model_gallery_shows_each_case_as_its_most_salient_axial_slice(tmp_path) -> None:  # noqa: ANN001
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from medtl.data.pipelines import VolumePipeline
+    from medtl.models import build_classifier
+    from medtl.review.cases import case_gallery, load_case_images
+
+    pipeline = VolumePipeline(spacing=(4.0, 4.0, 4.0), shape=(16, 16, 12))
+    volume_card = ModelCard(
+        classes=("T1", "FLAIR"), threshold=0.5,
+        preprocessing=Preprocessing(224, 1, (0.5,), (0.5,), pipeline=pipeline.to_card()),
+        architecture=Architecture("efficientnet_lite0_3d", 2, input_shape=(16, 16, 12)), strategy="scratch")
+    paths = {}
+    for index in range(2):
+        data = np.random.default_rng(index).gamma(2.0, 40.0, (18, 20, 14)).astype(np.float32)
+        paths[f"T1/v{index}.nii.gz"] = str(tmp_path / f"v{index}.nii.gz")
+        nib.save(nib.Nifti1Image(data, np.diag([4.0, 4.0, 4.0, 1.0])), paths[f"T1/v{index}.nii.gz"])
+    images = load_case_images(list(paths), paths, volume_card)
+    assert images.inputs.shape == (2, 1, 16, 16, 12) and images.display.shape == (2, 16, 16, 12)
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0_3d", "scratch", 2, weights=None, input_shape=[16, 16, 12]).eval()
+    rows = pd.DataFrame({"case": list(paths), "label": ["T1", "T1"], "score": [0.7, 0.2], "pred": ["FLAIR", "T1"]})
+    figure = case_gallery(rows, paths, model, volume_card, "volumes")
+    shown = [ax.images[0].get_array().shape for ax in figure.axes if ax.images]
+    assert shown and all(shape == (16, 16) for shape in shown)  # (Y, X) axial slices
