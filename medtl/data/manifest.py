@@ -155,7 +155,7 @@ def patient_id_from_name(file_name: str, patterns: Sequence[str]) -> str:
     for suffix in (".nii.gz", ".nii"):
         if lowered.endswith(suffix):
             return file_name[:-len(suffix)]
-    return Path(file_name).stem if Path(file_name).suffix.lower() in IMAGE_SUFFIXES or "." in file_name else file_name
+    return Path(file_name).stem
 
 
 def pseudonymise_patient_ids(frame: pd.DataFrame, key: str | bytes) -> pd.DataFrame:

@@ -127,9 +127,11 @@ def demo_spec(cls: type, spec: dict[str, Any]) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    """JSON types for the card: dataclasses as dicts, tuples as lists."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)} if not hasattr(value, "_asdict") \
-            else asdict(value)
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value
