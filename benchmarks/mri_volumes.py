@@ -45,7 +45,8 @@ from medtl.provenance import git_commit, machine_description, markdown_table  # 
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = [r"^([Ss]ubj\d+)_"]
-APPROACHES = {  # name -> build_classifier arguments
+APPROACHES = {  # name -> build_classifier arguments (+ lr, bn, feature_cache for the trainer)
+    "2.5d_linear_probe": {"encoder": "efficientnet_lite0", "strategy": "linear_probe"},
     "2.5d_mean": {"encoder": "efficientnet_lite0", "strategy": "finetune", "slices": {"pooling": "mean"}},
     "2.5d_attention": {"encoder": "efficientnet_lite0", "strategy": "finetune", "slices": {"pooling": "attention"}},
     "inflated_3d": {"encoder": "efficientnet_lite0_3d", "strategy": "finetune"},
@@ -107,12 +108,14 @@ def one_run(args: argparse.Namespace, approach: str, fold: int, seed: int, frame
     data.setup()
     spec = APPROACHES[approach]
     model = build_classifier(spec["encoder"], spec["strategy"], 2, weights=spec.get("weights", "imagenet"),
-                             input_shape=args.shape, slices={"count": args.slices, **spec.get("slices", {})})
-    trainer = Trainer(partial(torch.optim.AdamW, weight_decay=1e-4), lr=1e-3, max_epochs=args.epochs,
-                      early_stopping_patience=args.epochs, progress=False)
+                             input_shape=args.shape, slices={"count": args.slices, **spec.get("slices", {})},
+                             bn=spec.get("bn", "train"))
+    trainer = Trainer(partial(torch.optim.AdamW, weight_decay=1e-4), lr=spec.get("lr", 1e-3), max_epochs=args.epochs,
+                      early_stopping_patience=args.epochs, progress=False,
+                      features={"cache": spec.get("feature_cache", True), "epochs": 100, "patience": 15})
     evaluator = Evaluator(data.classes)
     weights = model.encoder.weights_info
-    train_loader, val_loader = data.loaders(weights)
+    train_loader, val_loader = data.loaders(weights, augment=not trainer.trains_on_features(model))
     fit = trainer.fit(model, train_loader, val_loader, score=evaluator.metrics)
     threshold = evaluator.report(trainer.predict(model, val_loader)).threshold
     row = {"approach": approach, "fold": fold, "seed": seed, "epochs": len(fit.history),

@@ -235,6 +235,7 @@ class VolumeAugmentSchema:
     gamma: float = 0.3
     noise_std: float = 0.02
     thick_slices: float = 0.25
+    blur: float = 0.0
 
 
 @dataclass
@@ -246,6 +247,7 @@ class VolumePipelineSchema:
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     foreground: float = 0.1
+    anti_alias: bool = True
     augment: VolumeAugmentSchema = field(default_factory=VolumeAugmentSchema)
     max_pixels: int = 2**28
 

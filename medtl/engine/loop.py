@@ -22,7 +22,7 @@ from medtl.errors import MedtlError
 from medtl.models.classifier import TransferModel
 
 __all__ = ["Predictions", "FitResult", "Trainer", "TargetStream", "HeadOnly", "FeatureSet", "encode_features", "predict_loader",
-           "resolve_device", "tta_views"]
+           "resolve_device", "tta_views", "validation_loss"]
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, float], int], None]  # (metrics, epoch)
@@ -133,6 +133,15 @@ def encode_features(model: TransferModel, loader: DataLoader, device: torch.devi
         labels.append(np.asarray(batch["label"]))
         paths.extend(batch["path"])
     return FeatureSet(torch.cat(features), np.concatenate(labels), paths)
+
+
+def validation_loss(preds: Predictions) -> float:
+    """Mean cross-entropy of ``preds.probs`` ``(N, K)`` at the labels ``(N,)`` (unlabelled rows, -1, left out)."""
+    known = preds.labels >= 0
+    if not known.any():
+        return float("nan")
+    chosen = preds.probs[known, preds.labels[known]]  # (N_known,)
+    return float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean())
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -250,9 +259,12 @@ class Trainer:
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
             metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target)
-            metrics.update({f"val/{k}": v for k, v in score(self.predict(model, val_loader)).items()})
+            val = self.predict(model, val_loader)
+            metrics.update({f"val/{k}": v for k, v in score(val).items()})
+            metrics["val/loss"] = validation_loss(val)
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if state.record(epoch, metrics, metrics[f"val/{monitor}"], model, patience) and save_best:
+            if state.record(epoch, metrics, metrics[f"val/{monitor}"], model, patience, metrics["val/loss"]) \
+                    and save_best:
                 self._save(RunFolder.BEST, state.best_state)
             state.model, state.optimizer, state.scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
             state.adaptation = target.method.state_dict() if target is not None else {}

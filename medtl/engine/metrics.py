@@ -55,18 +55,27 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youd
     """Pick a decision threshold on ``scores`` (positive when ``score >= threshold``).
 
     ``youden`` maximises sensitivity + specificity - 1; ``sensitivity`` takes the highest
-    threshold whose sensitivity is at least ``target_sensitivity``.
+    threshold whose sensitivity is at least ``target_sensitivity``. Either cut is placed halfway between the two
+    neighbouring scores it separates.
     """
     if len(np.unique(labels)) < 2:
         return 0.5
     fpr, tpr, thresholds = roc_curve(labels, scores)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
     if method == "youden":
-        return float(thresholds[int(np.argmax(tpr - fpr))])
+        return _midway_below(scores, float(thresholds[int(np.argmax(tpr - fpr))]))
     if method == "sensitivity":
         reaching = np.flatnonzero(tpr >= target_sensitivity)
-        return float(thresholds[reaching[0]])
+        return _midway_below(scores, float(thresholds[reaching[0]]))
     raise MedtlError(f"evaluation.threshold='{method}' is unknown; use youden or sensitivity")
+
+
+def _midway_below(scores: np.ndarray, threshold: float) -> float:
+    """Halfway between ``threshold`` (a score) and the next lower score: the same decisions on ``scores``, with
+    the widest margin on both sides. A threshold at the lowest positive score itself would call any slightly
+    lower positive of a new set negative (with a perfectly separated validation set it always sits there)."""
+    below = scores[scores < threshold]
+    return float((threshold + below.max()) / 2) if below.size else float(threshold)
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> BinaryMetrics:

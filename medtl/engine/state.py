@@ -75,6 +75,7 @@ class TrainingState:
     epoch: int = 0
     best_epoch: int = -1
     best_score: float = float("-inf")
+    best_loss: float = float("inf")  # the best epoch's validation loss: breaks ties of the monitored score
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     model: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -85,14 +86,21 @@ class TrainingState:
     done: bool = False
 
     def record(self, epoch: int, metrics: dict[str, float], score: float, model: torch.nn.Module,
-               patience: int) -> bool:
-        """Add epoch ``epoch``'s metrics; keep a copy of the weights when ``score`` is the best so far, and
-        decide early stopping (``done``). Returns whether this epoch is the new best."""
+               patience: int, loss: float = float("inf")) -> bool:
+        """Add epoch ``epoch``'s metrics; keep a copy of the weights when ``score`` is the best so far (an equal
+        ``score`` with a lower validation ``loss`` counts as better), and decide early stopping (``done``).
+        Returns whether this epoch is the new best.
+
+        The tie-break matters on small validation sets: AUROC reaches 1.0 on a few volumes within an epoch or two,
+        and the first epoch to reach it would otherwise be kept, a barely trained model whose scores sit near 0.5
+        (a threshold that does not transfer)."""
         self.history.append(metrics)
         self.epoch = epoch + 1
-        improved = score > self.best_score or self.best_epoch < 0
+        loss = float(loss) if np.isfinite(loss) else float("inf")
+        improved = (score > self.best_score or self.best_epoch < 0
+                    or (score == self.best_score and loss < self.best_loss))
         if improved:
-            self.best_epoch, self.best_score = epoch, float(score)
+            self.best_epoch, self.best_score, self.best_loss = epoch, float(score), loss
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.done = not improved and epoch - self.best_epoch >= patience
         return improved
@@ -105,7 +113,8 @@ class TrainingState:
         if state.get("version") != STATE_VERSION:
             raise MedtlError(f"training state version {state.get('version')} is not {STATE_VERSION}; "
                              "it was written by another medtl: start a new run instead of resuming")
-        return cls(**{name: state[name] for name in cls.__dataclass_fields__})
+        # Fields added later (best_loss) keep their defaults when an older state is resumed.
+        return cls(**{name: state[name] for name in cls.__dataclass_fields__ if name in state})
 
     @staticmethod
     def capture_rng(transforms: list[Randomizable]) -> dict[str, Any]:

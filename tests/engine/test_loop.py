@@ -4,10 +4,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
-from medtl.engine.loop import Predictions, Trainer
-from medtl.engine.state import RunFolder
+from medtl.engine.loop import Predictions, Trainer, validation_loss
+from medtl.engine.state import RunFolder, TrainingState
 from medtl.models import build_classifier
 
 
@@ -113,3 +115,19 @@ def test_trainer_unfreezes_stages_epoch_by_epoch() -> None:
     trainable = [any(p.requires_grad for p in s) for s in model.encoder.stage_parameters()]
     assert trainable[-2:] == [True, True] and not any(trainable[:-2])  # after epoch 1: the last two stages
     assert torch.equal(first_stage, before)  # the stem never unfroze in two epochs
+
+
+def test_a_tied_score_with_a_lower_validation_loss_is_the_better_epoch() -> None:
+    """A small validation set reaches AUROC 1.0 early; the epoch kept is then the one with the lowest loss."""
+    model = nn.Linear(2, 2)
+    state = TrainingState()
+    for epoch, (auroc, loss) in enumerate([(0.9, 0.6), (1.0, 0.5), (1.0, 0.2), (1.0, 0.3), (0.95, 0.1)]):
+        state.record(epoch, {}, auroc, model, patience=2, loss=loss)
+    assert (state.best_epoch, state.best_score, state.best_loss) == (2, 1.0, 0.2)
+    assert state.done  # epochs 3 and 4 improved on neither: patience 2 ran out
+
+
+def test_validation_loss_is_the_mean_cross_entropy_of_labelled_rows() -> None:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    preds = Predictions(probs, np.array([0, 1, -1]), ["a", "b", "c"])
+    assert validation_loss(preds) == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)

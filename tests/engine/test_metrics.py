@@ -17,15 +17,16 @@ def test_auroc_matches_pair_count() -> None:
 
 def test_youden_threshold_and_metrics_at_it() -> None:
     threshold = choose_threshold(LABELS, SCORES, "youden")
-    # J = 0.75 at both 0.7 (sens 3/4, spec 1) and 0.4 (sens 1, spec 3/4): the higher threshold wins the tie
-    assert threshold == pytest.approx(0.7)
+    # J = 0.75 at both 0.7 (sens 3/4, spec 1) and 0.4 (sens 1, spec 3/4): the higher cut wins the tie, placed
+    # halfway between 0.7 and the next lower score, 0.6
+    assert threshold == pytest.approx(0.65)
     m = binary_metrics(LABELS, SCORES, threshold)
     assert (m.sensitivity, m.specificity, m.accuracy) == pytest.approx((0.75, 1.0, 7 / 8))
 
 
 def test_sensitivity_target_threshold() -> None:
     threshold = choose_threshold(LABELS, SCORES, "sensitivity", target_sensitivity=1.0)
-    assert threshold == pytest.approx(0.4)
+    assert threshold == pytest.approx(0.35)  # halfway between 0.4 (the lowest positive) and 0.3
     assert binary_metrics(LABELS, SCORES, threshold).sensitivity == 1.0
 
 

@@ -40,6 +40,8 @@ class ImagePipeline(ABC):
 
     kind: ClassVar[str]
     spatial_dims: ClassVar[int]
+    #: Bump when the deterministic transforms change: disk-cache entries written by older code are then not reused.
+    cache_version: ClassVar[int] = 1
 
     @property
     @abstractmethod
@@ -80,7 +82,7 @@ class ImagePipeline(ABC):
 
     def cache_signature(self, weights: WeightsInfo) -> str:
         """What the cached deterministic output depends on besides the file itself."""
-        return f"{self.kind}|{sorted(self.settings().items())}|{weights.mean}|{weights.std}"
+        return f"{self.kind}|v{self.cache_version}|{sorted(self.settings().items())}|{weights.mean}|{weights.std}"
 
     def input_example(self, channels: int) -> np.ndarray:
         """A ``(2, C, *input_shape)`` float32 batch: the exported model's input signature."""

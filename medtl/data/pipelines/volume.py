@@ -1,11 +1,11 @@
 """MRI volumes: NIfTI files and DICOM series as ``(1, X, Y, Z)`` inputs in RAS at a fixed spacing.
 
-Layout through the pipeline: path -> ``(1, X, Y, Z)`` float32 in stored units, RAS -> resampled to ``spacing``
-mm on an axis-aligned grid (an oblique acquisition is resampled square) -> robust intensity scaling to [0, 1]
+Layout through the pipeline: path -> ``(1, X, Y, Z)`` float32 in stored units, RAS -> smoothed to the coarser
+grid's resolution (anti-aliasing) -> resampled to ``spacing`` mm on an axis-aligned grid (an oblique acquisition is resampled square) -> robust intensity scaling to [0, 1]
 (the background level and a high percentile of the voxels above it map to 0 and 1: any increasing affine change
 of units, raw scanner values, uint8 exports, z-scores, gives the same input, whatever the field of view) -> ``(1, *shape)`` cropped on the head (centred in X and
 Y, from the vertex down in Z) -> (training) L-R flip, small rotations and scaling, bias field, gamma, noise,
-simulated thick slices -> the encoder's normalisation.
+blur, simulated thick slices -> the encoder's normalisation.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from monai.transforms import (
     RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     Spacingd,
 )
 
@@ -33,7 +34,7 @@ from medtl.data.pipelines.base import ImagePipeline, demo_spec, register_pipelin
 from medtl.data.readers import DEFAULT_MAX_PIXELS
 from medtl.data.transforms import normalise_for
 from medtl.data.volume_inputs import scan_volume_folder
-from medtl.data.volume_transforms import CropAroundForegroundd, RandThickSlicesd, RobustScaleIntensityd
+from medtl.data.volume_transforms import AntiAliasd, CropAroundForegroundd, RandThickSlicesd, RobustScaleIntensityd
 from medtl.data.volumes import LoadVolume, LoadVolumed
 from medtl.errors import MedtlError
 from medtl.models.registry import WeightsInfo
@@ -59,6 +60,7 @@ class VolumeAugmentConfig:
     gamma: float = 0.3          # gamma drawn from [1 / (1 + g), 1 + g]
     noise_std: float = 0.02
     thick_slices: float = 0.25  # probability of a simulated thick-slice acquisition
+    blur: float = 0.0           # probability of a blur of 0.25 to 1 voxel per axis (a smoother, lower-resolution scan)
 
 
 @register_pipeline("volume")
@@ -70,13 +72,16 @@ class VolumePipeline(ImagePipeline):
         shape: input shape in voxels ``(X, Y, Z)``: ``shape * spacing`` mm of the head.
         lower_percentile, upper_percentile: the intensity window of the robust scaling.
         foreground: the scaled intensity above which a voxel is the head (for the crop).
+        anti_alias: smooth a finer volume before resampling it to ``spacing`` (:class:`AntiAlias`), so a thin-slice
+            scan does not keep a texture that thick-slice and smoother scans lack.
     """
 
     spatial_dims = 3
+    cache_version = 2  # 2: anti-aliasing before resampling
 
     def __init__(self, spacing: tuple[float, float, float] = (3.0, 3.0, 3.0), shape: tuple[int, int, int] = (64, 64, 56),
                  lower_percentile: float = 0.5, upper_percentile: float = 99.5, foreground: float = 0.1,
-                 augment: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 augment: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, anti_alias: bool = True) -> None:
         self.spacing = tuple(float(s) for s in spacing)
         self.shape = tuple(int(s) for s in shape)
         if len(self.spacing) != 3 or len(self.shape) != 3 or min(self.spacing) <= 0 or min(self.shape) < 8:
@@ -86,6 +91,7 @@ class VolumePipeline(ImagePipeline):
         self.foreground = float(foreground)
         self.augment = VolumeAugmentConfig(**dict(augment or {}))
         self.max_pixels = int(max_pixels)
+        self.anti_alias = bool(anti_alias)
         self._reader: LoadVolume | None = None
 
     @property
@@ -97,6 +103,7 @@ class VolumePipeline(ImagePipeline):
         return [
             LoadVolumed(IMAGE, axcodes="RAS", max_pixels=self.max_pixels),
             _SingleChannel(),
+            *([AntiAliasd(IMAGE, self.spacing)] if self.anti_alias else []),
             Spacingd(IMAGE, pixdim=self.spacing, mode="bilinear", diagonal=True),
             EnsureTyped(IMAGE, dtype=torch.float32, track_meta=False),
             RobustScaleIntensityd(IMAGE, lower=self.lower_percentile, upper=self.upper_percentile),
@@ -112,6 +119,7 @@ class VolumePipeline(ImagePipeline):
                         padding_mode="zeros", mode="bilinear"),
             RandBiasFieldd(IMAGE, prob=aug.prob * 0.5, coeff_range=(0.0, aug.bias_field)),
             RandAdjustContrastd(IMAGE, prob=aug.prob * 0.5, gamma=(1.0 / (1.0 + aug.gamma), 1.0 + aug.gamma)),
+            RandGaussianSmoothd(IMAGE, prob=aug.blur, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)),
             RandGaussianNoised(IMAGE, prob=aug.prob, std=aug.noise_std),
             RandThickSlicesd(IMAGE, prob=aug.thick_slices),
         ]
