@@ -76,11 +76,15 @@ class SliceEncoder(Encoder):
             raise MedtlError(f"a 2.5D encoder takes volumes (B, C, X, Y, Z); got a tensor of shape {tuple(volume.shape)}")
         moved = volume[:, 0].movedim(1 + self.config.axis, 1)  # (B, n, H, W)
         n = moved.shape[1]
-        index = torch.linspace(0, n - 1, self.config.count, device=volume.device).round().long()  # (count,)
+        index = self.slice_index(n, volume.device)  # (count,)
         if not self.config.slab:
             return moved[:, index].unsqueeze(2)  # (B, count, 1, H, W)
         around = torch.stack([(index - 1).clamp(0, n - 1), index, (index + 1).clamp(0, n - 1)], dim=1)  # (count, 3)
         return moved[:, around]  # (B, count, 3, H, W)
+
+    def slice_index(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(count,)`` positions along ``axis`` (of ``n``) of the slices the encoder sees, evenly spaced."""
+        return torch.linspace(0, n - 1, self.config.count, device=device).round().long()
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         stack = self.slices(x)

@@ -130,11 +130,10 @@ def case_gallery(rows: pd.DataFrame, paths: dict[str, str], model: torch.nn.Modu
 
     images = load_case_images(list(rows["case"]), paths, card)
     maps = None
-    slices = getattr(getattr(model, "encoder", None), "slice_encoder", None) is not None  # 2.5D: no 3D Grad-CAM
-    if model is not None and images.available.any() and not slices:
+    if model is not None and images.available.any():
         classes = 1 if card.binary else [list(card.classes).index(p) for p in rows["pred"]]
         maps = gradcam_maps(model, images.inputs, classes)
-    if images.display.ndim == 4:  # volumes: each case as its most salient axial slice (the middle one without maps)
+    if images.display.ndim == 4:  # volumes: each case as its most salient axial slice (2.5D and 3D models alike)
         images, maps = _salient_axial_slices(images, maps)
     return gallery_figure(rows, images, maps, card, title)
 

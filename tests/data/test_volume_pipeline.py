@@ -123,3 +123,52 @@ def test_a_4d_file_is_refused_with_its_channel_count(tmp_path: Path) -> None:
     with pytest.raises(Exception) as caught:  # MONAI wraps it; the data module and predict unwrap it
         VolumePipeline(shape=(8, 8, 8)).eval_transforms(WEIGHTS)({"image": path, "path": path})
     assert "has 3 channels" in str(find_user_error(caught.value))
+
+
+@pytest.mark.parametrize("pipeline", [RadiographPipeline(), VolumePipeline(shape=(40, 40, 32))], ids=["radiograph", "volume"])
+def test_monai_caches_every_deterministic_step(pipeline) -> None:  # noqa: ANN001
+    """MONAI's memory and disk caches stop at the first step that is random or not a MONAI ``Transform``: every
+    deterministic step must come before that, or part of the preprocessing silently runs after the cache."""
+    from monai.transforms import RandomizableTrait, Transform
+
+    def uncacheable(step: object) -> bool:
+        return isinstance(step, RandomizableTrait) or not isinstance(step, Transform)
+
+    assert pipeline.eval_transforms(WEIGHTS, np.float16).get_index_of_first(uncacheable) is None
+    train = pipeline.train_transforms(WEIGHTS, np.float16)
+    first_random = train.get_index_of_first(lambda step: isinstance(step, RandomizableTrait))
+    assert train.get_index_of_first(uncacheable) == first_random > 0
+
+
+def test_a_disk_cached_volume_equals_the_freshly_computed_one(tmp_path: Path, head: tuple) -> None:
+    """Served from the disk cache, a volume keeps its spacing: once it came back without its affine and was
+    resampled as if its voxels were 1 mm, so a file's input depended on whether it had been seen before."""
+    from medtl.data.cache import CheckedPersistentDataset
+
+    data, affine = head
+    path = _head(tmp_path, "h", data, affine)
+    transform = VolumePipeline(spacing=(4.0, 4.0, 4.0), shape=(40, 40, 32)).eval_transforms(WEIGHTS, np.float16)
+    dataset = CheckedPersistentDataset([{"image": path, "path": path, "label": 0}], transform, cache_dir=tmp_path / "c")
+    fresh, cached = dataset[0]["image"], dataset[0]["image"]
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 1
+    assert torch.equal(torch.as_tensor(fresh), torch.as_tensor(cached))
+    assert torch.equal(torch.as_tensor(cached), torch.as_tensor(transform({"image": path})["image"]))
+
+
+def test_anti_aliasing_removes_fine_noise_and_keeps_a_flat_background(tmp_path: Path) -> None:
+    """A 1 mm volume resampled to 4 mm keeps little of its voxel noise once smoothed first; a z-scored volume's
+    negative background stays flat at the borders (the filter's zero padding must not brighten them)."""
+    from monai.data import MetaTensor
+
+    from medtl.data.volume_transforms import AntiAlias
+
+    rng = np.random.default_rng(0)
+    noise = MetaTensor(torch.as_tensor(rng.normal(0, 1, (1, 32, 32, 32)), dtype=torch.float32),
+                       affine=torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0])))
+    assert AntiAlias((4.0, 4.0, 4.0)).sigmas((1.0, 1.0, 1.0)) == (1.5, 1.5, 1.5)
+    assert AntiAlias((4.0, 4.0, 4.0)).sigmas((4.0, 4.0, 6.0)) == (0.0, 0.0, 0.0)  # already coarse: untouched
+    assert float(AntiAlias((4.0, 4.0, 4.0))(noise).std()) < 0.25 * float(noise.std())
+    background = MetaTensor(torch.full((1, 16, 16, 16), -0.8), affine=torch.eye(4))
+    background[:, 6:10, 6:10, 6:10] = 2.0  # a bright 'head' in the middle
+    smoothed = AntiAlias((3.0, 3.0, 3.0))(background)
+    assert torch.allclose(smoothed[:, 0], torch.tensor(-0.8), atol=1e-4)  # border slice: still the background

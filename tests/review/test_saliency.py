@@ -35,3 +35,34 @@ def test_gradcam_of_the_cat_class_lies_on_the_cat() -> None:
     tabby = 281
     saliency = gradcam_maps(model, canvas, tabby)[0]  # (224, 224)
     assert saliency[:, :112].sum() > 2 * saliency[:, 112:].sum()
+
+
+def test_a_volume_map_has_one_scale_so_its_strongest_slice_stands_out() -> None:
+    from medtl.review.saliency import _unit_scale
+
+    maps = torch.zeros(1, 1, 4, 4, 3)
+    maps[..., 0] = 1.0  # strong evidence in slice 0
+    maps[..., 2] = 0.1  # weak evidence in slice 2
+    scaled = _unit_scale(maps)[0, 0]
+    assert scaled[..., 0].max() == 1.0 and scaled[..., 2].max() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_2_5d_gradcam_finds_the_slice_and_the_side_the_cat_is_on(pooling: str) -> None:
+    """A volume of grey slices with Chelsea on the left of one axial slice: the 2.5D map of ImageNet's 'tabby cat'
+    is strongest at that slice (slices between those sampled are interpolated) and on the left within it."""
+    from medtl.models.slices import SliceConfig, SliceEncoder
+
+    encoder = create_encoder("efficientnet_lite0", weights="imagenet", in_channels=1, image_size=224)
+    slice_encoder = SliceEncoder(encoder, SliceConfig(axis=2, count=5, pooling=pooling))
+    model = TransferModel(slice_encoder, STRATEGIES["finetune" if pooling == "attention" else "linear_probe"], 1.0)
+    cat = torch.nn.functional.interpolate(chelsea_batch(grey=True), size=(112, 112), mode="bilinear")[0, 0]  # (H, W)
+    volume = torch.zeros(1, 1, 224, 224, 9)  # (N, C, X, Y, Z), 0 is mid-grey; sampled slices: 0, 2, 4, 6, 8
+    volume[0, 0, :112, 56:168, 4] = cat.T  # the first half of X in slice 4
+    frozen = [p.requires_grad for p in model.parameters()]
+    saliency = gradcam_maps(model, volume, 281)[0]  # (X, Y, Z)
+    assert saliency.shape == (224, 224, 9) and saliency.min() >= 0.0 and saliency.max() == pytest.approx(1.0)
+    per_slice = saliency.sum(axis=(0, 1))
+    assert int(per_slice.argmax()) == 4 and per_slice[4] > 2 * per_slice[0]
+    assert saliency[:112, :, 4].sum() > 2 * saliency[112:, :, 4].sum()
+    assert [p.requires_grad for p in model.parameters()] == frozen

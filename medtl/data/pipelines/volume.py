@@ -27,6 +27,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSmoothd,
     Spacingd,
+    Transform,
 )
 
 from medtl.data.inventory import Inventory
@@ -77,7 +78,7 @@ class VolumePipeline(ImagePipeline):
     """
 
     spatial_dims = 3
-    cache_version = 2  # 2: anti-aliasing before resampling
+    cache_version = 2  # 2: anti-aliasing before resampling; the whole deterministic chain cached
 
     def __init__(self, spacing: tuple[float, float, float] = (3.0, 3.0, 3.0), shape: tuple[int, int, int] = (64, 64, 56),
                  lower_percentile: float = 0.5, upper_percentile: float = 99.5, foreground: float = 0.1,
@@ -191,8 +192,13 @@ def _stored_geometry(volume: Any) -> tuple[tuple[int, ...], tuple[float, ...], t
     return shape, spacing, tuple(str(c) for c in codes)
 
 
-class _SingleChannel:
-    """Volumes must be 3D with one channel (one contrast, one time point): say so instead of mixing them."""
+class _SingleChannel(Transform):
+    """Volumes must be 3D with one channel (one contrast, one time point): say so instead of mixing them.
+
+    A MONAI ``Transform``: MONAI's caches (memory and disk) cache a chain only up to the first step that is random
+    or is not a ``Transform``. A plain class here once cut the disk cache short after reading, so the cached
+    volume lost its affine and was resampled as if its voxels were 1 mm.
+    """
 
     def __call__(self, data: dict) -> dict:
         if data[IMAGE].ndim != 4:  # (C, X, Y) from a 2D file or a one-slice series
