@@ -89,7 +89,10 @@ class DataSchema:
 
 @dataclass
 class TargetSimulationSchema:
-    severity: str = choices("none", "mild", "strong", default="strong")
+    # Radiograph shifts (medtl.data.shift.SEVERITIES), then volume sites (medtl.data.volume_shift.VOLUME_SITES);
+    # the image pipeline refuses one of the other kind in one line.
+    severity: str = choices("none", "mild", "strong", "thick_slices_dicom", "thin_3d_zscore", "oblique_uint8",
+                            "raw12_ras", default="strong")
     fraction: float = 0.3
     seed: int = 0
 

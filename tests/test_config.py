@@ -63,7 +63,7 @@ def test_defaults_list_has_no_experiment_entry() -> None:
     assert "experiment" not in text.split("defaults:")[1].split("\n\n")[0]
 
 
-@pytest.mark.parametrize("experiment", ["chest_xray", "chest_xray_da", "brain_mri", "brain_mri_da"])
+@pytest.mark.parametrize("experiment", ["chest_xray", "chest_xray_da", "brain_mri", "brain_mri_da", "mri_sequence_da"])
 def test_optuna_search_composes_and_judges_domain_adaptation_on_the_target(experiment: str) -> None:
     search = "optuna_da" if experiment.endswith("_da") else "optuna"
     cfg = compose_config([f"+experiment={experiment}", f"hparams_search={search}"], return_hydra_config=True)

@@ -101,3 +101,12 @@ def test_the_optimized_metric_must_be_one_the_run_produced() -> None:
     assert optimized_value({"val/best_auroc": 0.9, "target/auroc": 0.7}, "target/auroc") == 0.7
     with pytest.raises(MedtlError, match=r"optimized_metric=val/auroc is not a metric of this run.*val/best_auroc"):
         optimized_value({"val/best_auroc": 0.9}, "val/auroc")
+
+
+def test_target_simulation_severities_are_the_radiograph_shifts_and_the_volume_sites() -> None:
+    from medtl.config_schema import TargetSimulationSchema
+    from medtl.data.shift import SEVERITIES
+    from medtl.data.volume_shift import VOLUME_SITES
+
+    allowed = {f.name: f for f in dataclasses.fields(TargetSimulationSchema)}["severity"].metadata["choices"]
+    assert set(allowed) == set(SEVERITIES) | set(VOLUME_SITES)

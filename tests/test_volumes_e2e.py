@@ -21,7 +21,8 @@ def volume_run(tmp_path: Path, demo_cache: Path, volume_demo_manifest: Path) -> 
     cfg = compose_config([
         "+experiment=mri_sequence", f"data.demo_dir={demo_cache}", f"data.demo.n_subjects={SMALL_VOLUME_DEMO.n_subjects}",
         f"data.demo.seed={SMALL_VOLUME_DEMO.seed}", "data.pipeline.spacing=[6.0,6.0,6.0]",
-        "data.pipeline.shape=[32,32,28]", "model.slices.count=4", "model.slices.pooling=attention",
+        "data.pipeline.shape=[32,32,28]", "model.slices.count=4", "model.strategy=finetune",
+        "model.slices.pooling=attention",
         "trainer.max_epochs=1", "trainer.progress=false", "data.cache_workers=1",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     metrics = train(cfg)
@@ -49,6 +50,28 @@ def test_volume_model_trains_logs_its_pipeline_and_predicts_files_and_series(vol
     assert out["score"].between(0, 1).all() and set(out["pred"]) <= {"T1", "FLAIR"}
     skipped = pd.read_csv(tmp_path / "p_skipped.csv")
     assert list(skipped["reason"]) == ["not a volume (neither NIfTI nor a DICOM slice)"]  # notes.txt
+
+
+def test_volume_domain_adaptation_trains_on_the_demo_and_scores_a_simulated_thick_slice_site(
+        tmp_path: Path, demo_cache: Path, volume_demo_manifest: Path) -> None:
+    """+experiment=mri_sequence_da: the target is a subject-disjoint share of the demo written as thick-slice DICOM
+    series; AdaBN re-estimates the encoder's statistics on it, and the target is scored at the source threshold."""
+    cfg = compose_config([
+        "+experiment=mri_sequence_da", f"data.demo_dir={demo_cache}",
+        f"data.demo.n_subjects={SMALL_VOLUME_DEMO.n_subjects}", f"data.demo.seed={SMALL_VOLUME_DEMO.seed}",
+        f"data.sites_dir={tmp_path / 'sites'}", "data.target_simulation.fraction=0.3",
+        "data.pipeline.spacing=[6.0,6.0,6.0]", "data.pipeline.shape=[32,32,28]", "model.slices.count=4",
+        "trainer.max_epochs=1", "trainer.progress=false", "data.cache_workers=1",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    metrics = train(cfg)
+    assert {"target/auroc", "target/accuracy_at_source_threshold", "target/unadapted_auroc"} <= set(metrics)
+    assert 0.0 <= metrics["target/auroc"] <= 1.0
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    run = mlflow.search_runs(experiment_names=["mri_sequence_da"], output_format="list")[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "mri_sequence_da-adabn"
+    target = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                              artifact_path="target_predictions.csv"))
+    assert len(target) and target["case"].str.match(r"^(T1|FLAIR)/p-[0-9a-f]{16}_(T1|FLAIR)$").all()  # series folders
 
 
 def _prediction_inputs(manifest: Path, folder: Path) -> Path:

@@ -1,8 +1,9 @@
 """Two domains for adaptation: a labelled source site and a target site whose labels never train.
 
 The target is a manifest CSV, a class-per-folder tree, a folder of plain images (no labels at all),
-or, with none given, a simulated site: a held-out, patient-disjoint share of the source written
-through :class:`~medtl.data.shift.AcquisitionShift` (cached, like the demo, under ``sites_dir``).
+or, with none given, a simulated site: a held-out, patient-disjoint share of the source written as the image
+pipeline simulates another site (:class:`~medtl.data.shift.AcquisitionShift` for radiographs, a
+:class:`~medtl.data.volume_shift.VolumeSite` for volumes; cached, like the demo, under ``sites_dir``).
 A labelled target is split by patient into ``adapt`` (its images are used without labels) and
 ``test`` (evaluation only); the ``target_oracle`` reference trains on ``adapt`` with labels,
 choosing its epoch on a patient-disjoint part of it.
@@ -15,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,8 @@ from monai.data import DataLoader
 from medtl.data.datamodule import ImageClassificationData, apply_label_map, source_folder
 from medtl.data.inventory import Inventory, scan_folder
 from medtl.data.manifest import FolderScanner, patient_id_from_name, read_manifest, scan_tree, write_manifest
-from medtl.data.shift import shift_for, write_shifted_site
+from medtl.data.dicom_series import SERIES_MARK
+from medtl.data.pipelines.base import ImagePipeline
 from medtl.data.split import stratified_group_holdout
 from medtl.errors import MedtlError
 from medtl.models.registry import WeightsInfo
@@ -58,31 +60,33 @@ def read_target_frame(path: str, patient_id_patterns: list[str], inventory: Inve
 
 
 def simulated_site(frame: pd.DataFrame, sites_dir: str, severity: str, fraction: float, seed: int,
-                   dicom: object) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``fraction`` of the patients off ``frame`` (stratified) and write them as a shifted site.
+                   pipeline: ImagePipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``fraction`` of the patients off ``frame`` (stratified) and write them as the ``pipeline``'s simulated
+    site ``severity`` (an acquisition shift for radiographs, a scanner and export for volumes).
 
     Returns ``(rest of the source, target frame)``; the written files are cached by content key.
     """
     if not 0.0 < fraction < 1.0:
         raise MedtlError(f"data.target_simulation.fraction={fraction} must be in (0, 1)")
+    signature = pipeline.site_signature(severity)  # an unknown severity stops here, before anything is written
     held_out = stratified_group_holdout(frame, fraction, seed, key="data.target_simulation.fraction")
     target, rest = frame.loc[held_out], frame.drop(held_out)
-    shift = shift_for(severity)
-    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in target["path"]]
-    key = hashlib.sha256(json.dumps([stats, asdict(shift), seed, asdict(dicom)], default=str).encode()).hexdigest()[:16]
+    stats = [(p, os.stat(p.partition(SERIES_MARK)[0]).st_size, os.stat(p.partition(SERIES_MARK)[0]).st_mtime_ns)
+             for p in target["path"]]
+    key = hashlib.sha256(json.dumps([stats, signature, seed], default=str).encode()).hexdigest()[:16]
     folder = Path(sites_dir).expanduser().resolve() / f"{severity}-{key}"
     if not (folder / SITE_MANIFEST).is_file():
-        _write_site(target.reset_index(drop=True), folder, shift, seed, dicom)
+        _write_site(target.reset_index(drop=True), folder, pipeline, severity, seed)
     return rest.reset_index(drop=True), read_manifest(folder / SITE_MANIFEST)
 
 
-def _write_site(target: pd.DataFrame, folder: Path, shift: object, seed: int, dicom: object) -> None:
-    """Write the shifted site into a temporary sibling, then rename it into place (never half-written)."""
+def _write_site(target: pd.DataFrame, folder: Path, pipeline: ImagePipeline, severity: str, seed: int) -> None:
+    """Write the simulated site into a temporary sibling, then rename it into place (never half-written)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        shifted = write_shifted_site(target, staging / "images", shift, seed, dicom)
-        write_manifest(shifted[["path", "label", "patient_id"]], staging / SITE_MANIFEST)
+        written = pipeline.write_site(target, staging, severity, seed)
+        write_manifest(written[["path", "label", "patient_id"]], staging / SITE_MANIFEST)
         os.replace(staging, folder)
     except OSError:
         if not (folder / SITE_MANIFEST).is_file():
@@ -136,13 +140,10 @@ class DomainAdaptationData(ImageClassificationData):
                 log.warning("target %s: %s; listed in skipped_files.csv", self.target, found.summary())
                 self.skipped = pd.concat([self.skipped, found.frame().assign(status=lambda f: "target " + f["status"])],
                                          ignore_index=True)
-        elif self.pipeline.spatial_dims != 2:
-            raise MedtlError("data.target_simulation simulates another site for radiographs; for volumes give "
-                             "data.target (for example a site written by medtl.data.volume_shift.write_volume_site)")
         else:
             sim = self.target_simulation
             frame, target = simulated_site(frame, self.sites_dir, str(sim["severity"]), float(sim["fraction"]),
-                                           int(sim["seed"]), self.dicom)
+                                           int(sim["seed"]), self.pipeline)
         self.target_frame = target
         self.target_root = _target_folder(self.target, target)
         return frame

@@ -25,7 +25,8 @@ from medtl.data.manifest import write_manifest
 from medtl.data.volumes import LoadVolume
 from medtl.errors import MedtlError
 
-__all__ = ["VolumeSite", "VOLUME_SITES", "simulate_volume", "write_dicom_series", "write_volume_site"]
+__all__ = ["VolumeSite", "VOLUME_SITES", "simulate_volume", "volume_site", "write_dicom_series", "write_site_volumes",
+           "write_volume_site"]
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 UNITS = ("float", "raw12", "uint8", "zscore")
@@ -144,12 +145,27 @@ def write_volume_site(frame: pd.DataFrame, folder: str | Path, site: VolumeSite,
     site is reused. Returns the manifest path.
     """
     def write(staging: Path) -> None:
-        rows = [_write_one(row, index, staging, site, seed)
-                for index, row in enumerate(tqdm(frame.to_dict("records"), desc=f"site {site.name}",
-                                                 unit="volume", disable=not progress))]
-        write_manifest(pd.DataFrame(rows), staging / "manifest.csv")
+        write_manifest(write_site_volumes(frame, staging, site, seed, progress), staging / "manifest.csv")
 
     return ensure_folder(Path(folder).expanduser(), "manifest.csv", write)
+
+
+def write_site_volumes(frame: pd.DataFrame, folder: Path, site: VolumeSite, seed: int = 0,
+                       progress: bool = True) -> pd.DataFrame:
+    """Write every volume of ``frame`` as ``site`` stores it under ``folder``; the frame of the written files
+    (``path, label, patient_id, site``). The caller makes the folder appear whole (see :func:`write_volume_site`)."""
+    rows = [_write_one(row, index, Path(folder), site, seed)
+            for index, row in enumerate(tqdm(frame.to_dict("records"), desc=f"site {site.name}", unit="volume",
+                                             disable=not progress))]
+    return pd.DataFrame(rows, columns=["path", "label", "patient_id", "site"])
+
+
+def volume_site(name: str) -> VolumeSite:
+    """The simulated volume site called ``name`` (``data.target_simulation.severity`` for volumes)."""
+    if name not in VOLUME_SITES:
+        raise MedtlError(f"data.target_simulation.severity='{name}' is not a simulated volume site; for volumes "
+                         f"choose one of {sorted(VOLUME_SITES)}")
+    return VOLUME_SITES[name]
 
 
 def _write_one(row: dict, index: int, folder: Path, site: VolumeSite, seed: int) -> dict:

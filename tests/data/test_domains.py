@@ -10,7 +10,7 @@ import pytest
 from medtl.data import DomainAdaptationData, ImageClassificationData
 from medtl.data.domains import read_target_frame, run_loaders, simulated_site
 from medtl.data.inventory import Inventory
-from medtl.data.readers import DicomOptions
+from medtl.data.pipelines import RadiographPipeline
 from medtl.errors import MedtlError
 from medtl.models.registry import WeightsInfo
 from tests.conftest import SMALL_DEMO
@@ -46,7 +46,7 @@ def test_target_formats(tmp_path: Path, write_png, demo_manifest: Path) -> None:
 def test_simulated_site_is_patient_disjoint_and_written_once(tmp_path: Path, demo_manifest: Path) -> None:
     frame = pd.read_csv(demo_manifest)
     frame["path"] = [str(demo_manifest.parent / p) for p in frame["path"]]
-    rest, target = simulated_site(frame, str(tmp_path / "sites"), "mild", 0.25, 0, DicomOptions())
+    rest, target = simulated_site(frame, str(tmp_path / "sites"), "mild", 0.25, 0, RadiographPipeline())
     assert not set(rest["patient_id"]) & set(target["patient_id"])
     assert len(rest) + len(target) == len(frame)
     assert 0.15 < target["patient_id"].nunique() / frame["patient_id"].nunique() < 0.35
@@ -54,7 +54,7 @@ def test_simulated_site_is_patient_disjoint_and_written_once(tmp_path: Path, dem
     assert all(Path(p).is_file() and str(tmp_path / "sites") in p for p in target["path"])
     assert not any(pid in Path(p).name for p, pid in zip(target["path"], target["patient_id"]))
     mtimes = [os.stat(p).st_mtime_ns for p in target["path"]]
-    again = simulated_site(frame, str(tmp_path / "sites"), "mild", 0.25, 0, DicomOptions())[1]
+    again = simulated_site(frame, str(tmp_path / "sites"), "mild", 0.25, 0, RadiographPipeline())[1]
     assert list(again["path"]) == list(target["path"]) and mtimes == [os.stat(p).st_mtime_ns for p in again["path"]]
     assert len(list((tmp_path / "sites").iterdir())) == 1  # cached, no stray staging folder
 
@@ -140,3 +140,23 @@ def test_a_target_too_small_to_split_names_the_setting(tmp_path: Path, demo_cach
     data = DomainAdaptationData(target=str(tmp_path / "site"), **_demo(demo_cache))
     with pytest.raises(MedtlError, match="too few images per class to split 50% off with data.target_eval_fraction"):
         data.setup()
+
+
+def test_a_volume_source_gets_a_simulated_volume_site(tmp_path: Path, volume_demo_manifest: Path) -> None:
+    """For volumes the simulated site is a scanner and export of medtl.data.volume_shift: here thick slices
+    written as DICOM series, patient-disjoint from the source; a radiograph severity is refused in one line."""
+    from medtl.data.pipelines import VolumePipeline
+
+    pipeline = VolumePipeline(spacing=(6.0, 6.0, 6.0), shape=(32, 32, 28))
+    data = DomainAdaptationData(manifest=str(volume_demo_manifest), sites_dir=str(tmp_path / "sites"), check=False,
+                                target_simulation={"severity": "thick_slices_dicom", "fraction": 0.3},
+                                positive_class="FLAIR", pipeline=pipeline)
+    source = data.setup()
+    target = data.target_frame
+    assert len(target) and not set(source["patient_id"]) & set(target["patient_id"])
+    assert all(Path(p).is_dir() and any(Path(p).iterdir()) for p in target["path"])  # one DICOM series folder each
+    assert set(target["label"]) == {"T1", "FLAIR"}
+    wrong = DomainAdaptationData(manifest=str(volume_demo_manifest), sites_dir=str(tmp_path / "sites"), check=False,
+                                 target_simulation={"severity": "strong"}, pipeline=pipeline)
+    with pytest.raises(MedtlError, match="severity='strong' is not a simulated volume site; .*thick_slices_dicom"):
+        wrong.setup()

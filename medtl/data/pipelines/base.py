@@ -73,6 +73,15 @@ class ImagePipeline(ABC):
         once; a kind without a demo says so."""
         raise MedtlError(f"the {self.kind} pipeline has no built-in demo; set data.root or data.manifest")
 
+    def site_signature(self, severity: str) -> str:
+        """What a simulated site of ``severity`` (``data.target_simulation.severity``) depends on besides its files."""
+        raise MedtlError(f"the {self.kind} pipeline cannot simulate another site; give data.target instead")
+
+    def write_site(self, frame: Any, folder: Path, severity: str, seed: int) -> Any:
+        """Write the rows of ``frame`` (``path, label, patient_id``) as the simulated site ``severity`` stores them
+        under ``folder``; return the frame of the written files (same columns, ``path`` to the new files)."""
+        raise MedtlError(f"the {self.kind} pipeline cannot simulate another site; give data.target instead")
+
     def settings(self) -> dict[str, Any]:
         """The constructor's arguments as JSON types (dataclasses as dicts, tuples as lists)."""
         return {key: _plain(value) for key, value in vars(self).items() if not key.startswith("_")}

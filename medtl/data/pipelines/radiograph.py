@@ -1,6 +1,7 @@
 """Radiographs: 2D DICOM, PNG, JPEG, TIFF and BMP files as ``(1, S, S)`` images (see :mod:`medtl.data.transforms`)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,19 @@ class RadiographPipeline(ImagePipeline):
         from medtl.data.demo import DemoSpec, ensure_demo_chest_xray
 
         return ensure_demo_chest_xray(demo_dir, demo_spec(DemoSpec, spec))
+
+    def site_signature(self, severity: str) -> str:
+        from dataclasses import asdict
+
+        from medtl.data.shift import shift_for
+
+        return json.dumps([asdict(shift_for(severity)), asdict(self.dicom)], default=str)
+
+    def write_site(self, frame: Any, folder: Path, severity: str, seed: int) -> Any:
+        """The acquisition shift ``severity`` of :mod:`medtl.data.shift`, as 12-bit MONOCHROME1 DICOM."""
+        from medtl.data.shift import shift_for, write_shifted_site
+
+        return write_shifted_site(frame, folder / "images", shift_for(severity), seed, self.dicom)
 
     def cache_signature(self, weights: WeightsInfo) -> str:
         # The radiograph cache key of medtl before pipelines, so existing disk caches stay valid.

@@ -10,6 +10,7 @@ blur, simulated thick slices -> the encoder's normalisation.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,20 @@ class VolumePipeline(ImagePipeline):
     def tta_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, X, Y, Z)``: as it is and flipped left-right (X in RAS)."""
         return [images, torch.flip(images, dims=[2])]
+
+    def site_signature(self, severity: str) -> str:
+        from dataclasses import asdict
+
+        from medtl.data.volume_shift import volume_site
+
+        return json.dumps(asdict(volume_site(severity)), default=str)
+
+    def write_site(self, frame: Any, folder: Path, severity: str, seed: int) -> Any:
+        """The volume site ``severity`` of :data:`medtl.data.volume_shift.VOLUME_SITES` (thick-slice DICOM series,
+        thin z-scored, oblique uint8, 12-bit raw)."""
+        from medtl.data.volume_shift import volume_site, write_site_volumes
+
+        return write_site_volumes(frame, folder, volume_site(severity), seed)
 
     def demo(self, demo_dir: str, spec: dict[str, Any]) -> Path:
         """Synthetic T1 and FLAIR brain phantoms as NIfTI (:mod:`medtl.data.demo_volumes`)."""
