@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.integration,
 
 def test_four_class_linear_probe_on_300_images(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = compose_config(["+experiment=brain_mri", f"data.root={BRAIN}", "data.max_images=300", "data.image_size=128",
+    cfg = compose_config(["+experiment=brain_mri", "model.strategy=linear_probe", f"data.root={BRAIN}",
+                          "data.max_images=300", "data.image_size=128",
                           "trainer.progress=false", f"tracking.uri={uri}", "tracking.log_model=false"])
     metrics = train(cfg)
     assert set(final_validation(metrics)) == {"auroc", "accuracy", "balanced_accuracy"}
