@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,27 @@ def test_unknown_method_and_unknown_option_are_user_errors() -> None:
 def test_entropy_cannot_stack_on_the_oracle() -> None:
     with pytest.raises(MedtlError, match="cannot stack on 'target_oracle'"):
         build_adaptation("target_oracle", num_features=FEATURES, entropy_weight=0.1)
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "efficientnet_lite0_3d"], ids=["2.5d", "inflated_3d"])
+@pytest.mark.parametrize("name", [n for n in list_adaptations() if build_adaptation(n, num_features=FEATURES).needs_target])
+def test_every_training_method_adapts_a_volume_model(name: str, encoder: str) -> None:
+    """Volumes go through the same loop as images: a source and a target batch of (B, 1, X, Y, Z) volumes per step,
+    the method's loss on their pooled features, and the encoder moves."""
+    from functools import partial
+
+    from medtl.engine import Trainer
+    from medtl.models import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(encoder, "finetune", 2, input_shape=[16, 16, 12], slices={"count": 3})
+    method = build_adaptation(name, num_features=model.encoder.num_features)
+    volumes = [{"image": torch.randn(2, 1, 16, 16, 12), "label": torch.tensor([0, 1]), "path": [f"v{b}a", f"v{b}b"]}
+               for b in range(2)]
+    target = [{"image": 1.0 + torch.randn(2, 1, 16, 16, 12)} for _ in range(2)]
+    before = [p.detach().clone() for p in model.encoder.encoder_parameters()]
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=1, progress=False, device="cpu")
+    fit = trainer.fit(model, volumes, volumes, score=lambda preds: {"auroc": 0.5}, adaptation=method,
+                      target_loader=target)
+    assert np.isfinite(fit.history[0]["train/adaptation_loss"]) and fit.history[0]["train/adaptation_loss"] != 0.0
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.encoder.encoder_parameters()))
