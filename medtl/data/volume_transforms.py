@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.networks.layers import GaussianFilter
+from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type
 
@@ -195,16 +195,11 @@ class AntiAlias(Transform):
         sigmas = self.sigmas(tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))))
         if max(sigmas) < 0.1:  # under a tenth of a voxel: nothing to remove
             return volume
-        # The volume is padded by replicating its edges: the filter's own zero padding would brighten the border of
-        # a volume whose background is not 0 (a z-scored volume stores it as a negative number).
-        sigma = [max(s, 1e-3) for s in sigmas]
-        radius = [int(np.ceil(4.0 * s)) for s in sigma]  # the filter's kernel is truncated at 4 sigma
+        # Edges replicated: zero padding would brighten the border of a volume whose background is not 0 (a z-scored
+        # volume stores it as a negative number). The kernels are MONAI's GaussianFilter's (erf, 4 sigma).
+        kernels = [gaussian_1d(torch.tensor(max(s, 1e-3)), truncated=4.0, approx="erf") for s in sigmas]
         tensor = torch.as_tensor(volume, dtype=torch.float32).as_subclass(torch.Tensor)  # (C, X, Y, Z)
-        pad = [r for r in reversed(radius) for _ in range(2)]  # F.pad lists the last axis first
-        padded = torch.nn.functional.pad(tensor[None], pad, mode="replicate")  # (1, C, X + 2r, Y + 2r, Z + 2r)
-        smoothed = GaussianFilter(3, sigma)(padded)[0]
-        smoothed = smoothed[:, radius[0]:smoothed.shape[1] - radius[0], radius[1]:smoothed.shape[2] - radius[1],
-                            radius[2]:smoothed.shape[3] - radius[2]]  # back to (C, X, Y, Z)
+        smoothed = separable_filtering(tensor[None], kernels, mode="replicate")[0]  # (C, X, Y, Z)
         return convert_to_dst_type(smoothed, dst=volume)[0]
 
 

@@ -74,22 +74,18 @@ def _slice_gradcam_maps(model: TransferModel, volumes: torch.Tensor, class_index
 
 def _slices_to_volume(cams: torch.Tensor, encoder: SliceEncoder, shape: tuple[int, int, int]) -> np.ndarray:
     """Per-slice maps ``(count, h, w)`` -> ``(X, Y, Z)`` in [0, 1]: each upsampled to its slice ``(H, W)``, placed at
-    its position along the encoder's axis and linearly interpolated between positions (zero beyond the ends)."""
+    its position along the encoder's axis, and linearly interpolated between positions (they span the whole axis)."""
     axis = encoder.config.axis
     n = shape[axis]
     plane = tuple(size for a, size in enumerate(shape) if a != axis)  # (H, W): the slice, as SliceEncoder cuts it
-    slices = torch.nn.functional.interpolate(cams[:, None], size=plane, mode="bilinear", align_corners=False)[:, 0]
-    positions = encoder.slice_index(n).float().numpy()  # (count,), increasing
-    stack = np.zeros((n, *plane), dtype=np.float32)  # (n, H, W)
-    values = slices.numpy()
-    for z in range(n):
-        right = int(np.searchsorted(positions, z))
-        if right < len(positions) and positions[right] == z or len(positions) == 1:
-            stack[z] = values[min(right, len(positions) - 1)]
-        elif 0 < right < len(positions):
-            share = (z - positions[right - 1]) / (positions[right] - positions[right - 1])
-            stack[z] = (1 - share) * values[right - 1] + share * values[right]
-    volume = torch.from_numpy(stack).movedim(0, axis)  # (X, Y, Z)
+    values = torch.nn.functional.interpolate(cams[:, None], size=plane, mode="bilinear", align_corners=False)[:, 0]
+    positions = encoder.slice_index(n).float().numpy()  # (count,), from 0 to n - 1
+    fraction = np.interp(np.arange(n), positions, np.arange(len(positions)))  # (n,): where each slice falls
+    below = np.floor(fraction).astype(int)
+    above = np.minimum(below + 1, len(positions) - 1)
+    share = torch.from_numpy(fraction - below).float()[:, None, None]  # (n, 1, 1)
+    stack = (1 - share) * values[below] + share * values[above]  # (n, H, W)
+    volume = stack.movedim(0, axis)  # (X, Y, Z)
     return _unit_scale(volume[None, None])[0, 0].numpy()
 
 
