@@ -45,7 +45,7 @@ from medtl.provenance import git_commit, machine_description, markdown_table  # 
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = [r"^([Ss]ubj\d+)_"]
-APPROACHES = {  # name -> build_classifier arguments (+ lr, bn, feature_cache for the trainer)
+APPROACHES = {  # name -> build_classifier arguments
     "2.5d_linear_probe": {"encoder": "efficientnet_lite0", "strategy": "linear_probe"},
     "2.5d_mean": {"encoder": "efficientnet_lite0", "strategy": "finetune", "slices": {"pooling": "mean"}},
     "2.5d_attention": {"encoder": "efficientnet_lite0", "strategy": "finetune", "slices": {"pooling": "attention"}},
@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sites-dir", default=str(Path(os.environ.get("MEDTL_CACHE_DIR", "~/.cache/medtl"))
                                                    .expanduser() / "mri_volume_sites"))
     parser.add_argument("--out-name", default="mri_volumes")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the figure from the recorded rows (the .md and .json stay the measuring run's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # run one approach in this process
     return parser.parse_args(argv)
 
@@ -108,11 +110,10 @@ def one_run(args: argparse.Namespace, approach: str, fold: int, seed: int, frame
     data.setup()
     spec = APPROACHES[approach]
     model = build_classifier(spec["encoder"], spec["strategy"], 2, weights=spec.get("weights", "imagenet"),
-                             input_shape=args.shape, slices={"count": args.slices, **spec.get("slices", {})},
-                             bn=spec.get("bn", "train"))
-    trainer = Trainer(partial(torch.optim.AdamW, weight_decay=1e-4), lr=spec.get("lr", 1e-3), max_epochs=args.epochs,
+                             input_shape=args.shape, slices={"count": args.slices, **spec.get("slices", {})})
+    trainer = Trainer(partial(torch.optim.AdamW, weight_decay=1e-4), lr=1e-3, max_epochs=args.epochs,
                       early_stopping_patience=args.epochs, progress=False,
-                      features={"cache": spec.get("feature_cache", True), "epochs": 100, "patience": 15})
+                      features={"cache": True, "epochs": 100, "patience": 15})  # the linear probe's head
     evaluator = Evaluator(data.classes)
     weights = model.encoder.weights_info
     train_loader, val_loader = data.loaders(weights, augment=not trainer.trains_on_features(model))
@@ -194,6 +195,12 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.plot_only:
+        rows = pd.DataFrame(_read_rows(HERE / "results" / f"{args.out_name}.jsonl"))
+        metrics = [c for c in rows.columns if c.endswith(("_auroc", "_accuracy"))]
+        _plot(rows.groupby("approach")[metrics].mean().reset_index(), metrics,
+              (HERE / "results" / args.out_name).with_suffix(".png"))
+        return
     if args.worker:
         worker(args)
         return

@@ -71,8 +71,8 @@ def simulated_site(frame: pd.DataFrame, sites_dir: str, severity: str, fraction:
     signature = pipeline.site_signature(severity)  # an unknown severity stops here, before anything is written
     held_out = stratified_group_holdout(frame, fraction, seed, key="data.target_simulation.fraction")
     target, rest = frame.loc[held_out], frame.drop(held_out)
-    stats = [(p, os.stat(p.partition(SERIES_MARK)[0]).st_size, os.stat(p.partition(SERIES_MARK)[0]).st_mtime_ns)
-             for p in target["path"]]
+    stats = [(p, stat.st_size, stat.st_mtime_ns)
+             for p, stat in ((p, os.stat(p.partition(SERIES_MARK)[0])) for p in target["path"])]
     key = hashlib.sha256(json.dumps([stats, signature, seed], default=str).encode()).hexdigest()[:16]
     folder = Path(sites_dir).expanduser().resolve() / f"{severity}-{key}"
     if not (folder / SITE_MANIFEST).is_file():

@@ -1,10 +1,11 @@
 """MRI volumes: NIfTI files and DICOM series as ``(1, X, Y, Z)`` inputs in RAS at a fixed spacing.
 
 Layout through the pipeline: path -> ``(1, X, Y, Z)`` float32 in stored units, RAS -> smoothed to the coarser
-grid's resolution (anti-aliasing) -> resampled to ``spacing`` mm on an axis-aligned grid (an oblique acquisition is resampled square) -> robust intensity scaling to [0, 1]
-(the background level and a high percentile of the voxels above it map to 0 and 1: any increasing affine change
-of units, raw scanner values, uint8 exports, z-scores, gives the same input, whatever the field of view) -> ``(1, *shape)`` cropped on the head (centred in X and
-Y, from the vertex down in Z) -> (training) L-R flip, small rotations and scaling, bias field, gamma, noise,
+grid's resolution (anti-aliasing) -> resampled to ``spacing`` mm on an axis-aligned grid (an oblique acquisition
+is resampled square) -> robust intensity scaling to [0, 1] (the background level and a high percentile of the
+voxels above it map to 0 and 1: any increasing affine change of units, raw scanner values, uint8 exports,
+z-scores, gives the same input, whatever the field of view) -> ``(1, *shape)`` cropped on the head (centred in X
+and Y, from the vertex down in Z) -> (training) L-R flip, small rotations and scaling, bias field, gamma, noise,
 blur, simulated thick slices -> the encoder's normalisation.
 """
 from __future__ import annotations
