@@ -45,6 +45,8 @@ class AugmentSchema:
     scale: float = 0.1
     translate: float = 0.05
     noise_std: float = 0.02
+    gamma: float = 0.0
+    blur: float = 0.0
 
 
 @dataclass
@@ -132,6 +134,7 @@ class ModelSchema:
     bn: str = choices("train", "freeze", default="train")
     layer_decay: float = 1.0
     unfreeze_every: Optional[int] = None
+    frozen_stages: int = 0
     input_shape: Optional[List[int]] = None  # set by training from the data pipeline
     slices: SlicesSchema = field(default_factory=SlicesSchema)
 
@@ -142,6 +145,7 @@ class FeatureCacheSchema:
     epochs: int = 100
     patience: int = 15
     batch_size: int = 256
+    dtype: str = choices("auto", "float32", "bfloat16", default="auto")
 
 
 @dataclass
@@ -164,6 +168,9 @@ class TrainerSchema:
     checkpoint_dir: str = "outputs/checkpoints"
     keep_checkpoints: int = 3
     resume: Optional[str] = None
+    memory_format: str = choices("auto", "channels_last", "contiguous", default="auto")
+    linear_probe_first: bool = False
+    ema_decay: Optional[float] = None
 
 
 @dataclass
@@ -198,6 +205,7 @@ class EvaluationSchema:
     threshold: str = choices("youden", "sensitivity", default="youden")
     target_sensitivity: float = 0.95
     tta: bool = False
+    external: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import medtl
 from medtl.adaptation import AdaptationMethod, list_adaptations
 from medtl.data import ImageClassificationData
 from medtl.data.domains import run_loaders
+from medtl.data.external import ExternalSet, read_external_sets
 from medtl.engine import Trainer
 from medtl.engine.domain import DomainReport, evaluate_target
 from medtl.engine.evaluation import EvaluationReport, Evaluator
@@ -56,12 +57,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     loaders = run_loaders(data, model.encoder.weights_info, not trainer.trains_on_features(model, adaptation),
                           adaptation.method_name, adaptation.needs_target, adaptation.trains_on_target_labels)
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
+    external = read_external_sets(evaluator.external, data)  # read before training: a bad set stops the run now
 
     with tracker:
         trainer.run_folder = _open_run_folder(cfg, tracker, folder)
         if resumed is None:
             tracker.log_config(cfg, trains_on_features=trainer.trains_on_features(model, adaptation))
             tracker.log_metrics({f"data/{k}": v for k, v in data.summary().items()})
+            tracker.log_metrics({f"data/{k}": v for ext in external for k, v in ext.summary().items()})
             tracker.describe({**run_tags(cfg), "medtl.weights_source": model.encoder.weights_info.source},
                              run_description(cfg, data.summary()))
             tracker.log_datasets(run_inputs(cfg, data))
@@ -78,6 +81,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         if loaders.source_test is not None:  # scored at the threshold validation chose
             test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
+        for site in external:  # other sites' labelled sets, at the same threshold
+            preds = trainer.predict(model, site.loader(data, model.encoder.weights_info), desc=site.split, tta=tta)
+            metrics.update(_log_external(tracker, evaluator.report(preds, report.threshold, site.split), site))
         if loaders.target_eval is not None:
             domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
                                      trainer.progress, cfg.seed)
@@ -167,6 +173,15 @@ def _log_held_out(tracker: MlflowTracker, report: EvaluationReport, data: ImageC
     return metrics
 
 
+def _log_external(tracker: MlflowTracker, report: EvaluationReport, site: ExternalSet) -> dict[str, float]:
+    """An external set's metrics (``external/<name>/*``, at the validation threshold), predictions and figures."""
+    metrics = {f"external/{site.name}/{k}": v for k, v in report.metrics.items()}
+    tracker.log_metrics(metrics)
+    tracker.log_frame(site.case_table(report.predictions), predictions_file(site.split))
+    tracker.log_figures(report.figures)
+    return metrics
+
+
 def _log_domain_report(tracker: MlflowTracker, domain: DomainReport, data: ImageClassificationData) -> None:
     tracker.log_metrics(domain.metrics)
     tracker.log_frame(data.case_table(domain.predictions, getattr(data, "target_frame", None)),
@@ -206,7 +221,8 @@ def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationD
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:
     print("\nvalidation: " + ", ".join(f"{k.removeprefix('val/final_')}={v:.4f}" for k, v in metrics.items()
                                      if k.startswith("val/final_")))
-    for prefix in ("test/", "target/"):
+    for prefix in ("test/", "target/", *sorted({"/".join(k.split("/")[:2]) + "/" for k in metrics
+                                                if k.startswith("external/")})):
         held_out = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
         if held_out:
             print(f"{prefix[:-1]}: " + ", ".join(f"{k}={v:.4f}" for k, v in held_out.items()))

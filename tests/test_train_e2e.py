@@ -110,3 +110,35 @@ def test_final_evaluation_with_tta(tiny_overrides: list[str]) -> None:
     with_tta = train(compose_config([*overrides, "evaluation.tta=true"]))
     assert 0.0 <= with_tta["val/final_auroc"] <= 1.0
     assert with_tta != pytest.approx(plain)  # same model and data; the averaged views change the scores
+
+
+def test_an_external_site_is_scored_at_the_validation_threshold(tiny_overrides: list[str], demo_manifest: Path,
+                                                                 tmp_path: Path) -> None:
+    """The recipe's pieces (LP-FT, frozen stages, weight average, acquisition augmentation) through the config,
+    and an external site (demo images through the mild acquisition shift) evaluated after training."""
+    from medtl.data.manifest import write_manifest
+    from medtl.data.shift import shift_for, write_shifted_site
+
+    rows = pd.read_csv(demo_manifest).groupby("label").head(12).reset_index(drop=True)
+    rows["path"] = [str((demo_manifest.parent / p).resolve()) for p in rows["path"]]
+    site = write_shifted_site(rows, tmp_path / "site_b", shift_for("mild"), seed=1, progress=False)
+    write_manifest(site[["path", "label", "patient_id"]], tmp_path / "site_b.csv")
+    overrides = [*tiny_overrides, "model.strategy=finetune", "model.frozen_stages=3", "trainer.max_epochs=1",
+                 "trainer.linear_probe_first=true", "trainer.ema_decay=0.9", "data.augment.gamma=0.3",
+                 "data.augment.blur=1.0", f"+evaluation.external.site_b={tmp_path / 'site_b.csv'}"]
+    metrics = train(compose_config(overrides))
+    assert {"external/site_b/auroc", "external/site_b/accuracy", "external/site_b/threshold"} <= set(metrics)
+    assert metrics["external/site_b/threshold"] == metrics["val/final_threshold"]  # the source's operating point
+    cfg = compose_config(overrides)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    run = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")[0]
+    assert run.data.params["trainer.linear_probe_first"] == "True" and run.data.params["model.frozen_stages"] == "3"
+    assert run.data.params["data.augment.gamma"] == "0.3" and run.data.params["trainer.ema_decay"] == "0.9"
+    assert "probe/val/auroc" in run.data.metrics and run.data.metrics["data/n_images.external_site_b.NORMAL"] == 12
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                            artifact_path="external_site_b_predictions.csv"))
+    assert len(table) == 24 and set(table["split"]) == {"external_site_b"}
+    assert not set(table["patient"]) & set(rows["patient_id"])  # pseudonyms, not the ids
+    (tmp_path / "unlabelled.csv").write_text(f"path,patient_id\n{site['path'][0]},p1\n")
+    with pytest.raises(Exception, match="evaluation.external.other=.* 1 image.s. have no label"):
+        train(compose_config([*tiny_overrides, f"+evaluation.external.other={tmp_path / 'unlabelled.csv'}"]))

@@ -14,8 +14,10 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     NormalizeIntensityd,
+    RandAdjustContrastd,
     RandAffined,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     Resized,
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
@@ -39,13 +41,19 @@ class IntensityConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation; ``prob=0`` turns it off."""
+    """Training-time augmentation; ``prob=0`` turns it off.
+
+    ``gamma`` and ``blur`` imitate another site's acquisition and processing (off at 0): a contrast curve
+    ``x ** gamma`` with gamma in ``[1 / (1 + gamma), 1 + gamma]``, and a Gaussian blur of up to ``blur`` pixels at
+    the training size, each applied with probability ``prob`` before the affine move and the noise."""
 
     prob: float = 0.8
     rotate_deg: float = 10.0
     scale: float = 0.1
     translate: float = 0.05
     noise_std: float = 0.02
+    gamma: float = 0.0
+    blur: float = 0.0
 
 
 def deterministic_transforms(image_size: int, intensity: IntensityConfig,
@@ -69,6 +77,7 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
     image_size_px = float(image_size)
     random_part = [
         EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),
+        *_acquisition_augment(augment),
         RandAffined(IMAGE, prob=augment.prob, rotate_range=np.deg2rad(augment.rotate_deg),
                     scale_range=augment.scale, translate_range=augment.translate * image_size_px,
                     padding_mode="zeros", mode="bilinear"),
@@ -77,6 +86,18 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
     return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), _store_as(storage_dtype),
                     *random_part,
                     normalise_for(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
+
+
+def _acquisition_augment(augment: AugmentConfig) -> list:
+    """Contrast curve and blur on the ``(1, S, S)`` image in [0, 1], when configured."""
+    steps: list = []
+    if augment.gamma > 0:
+        steps.append(RandAdjustContrastd(IMAGE, prob=augment.prob, gamma=(1.0 / (1.0 + augment.gamma),
+                                                                          1.0 + augment.gamma)))
+    if augment.blur > 0:
+        sigma = (min(0.25, augment.blur), augment.blur)
+        steps.append(RandGaussianSmoothd(IMAGE, prob=augment.prob, sigma_x=sigma, sigma_y=sigma))
+    return steps
 
 
 def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,

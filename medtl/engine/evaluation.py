@@ -28,12 +28,15 @@ class Evaluator:
     Args:
         threshold: ``youden`` or ``sensitivity`` (the highest threshold reaching ``target_sensitivity``).
         tta: average the final evaluation over flipped and shifted views (per-epoch validation stays plain).
+        external: ``{name: manifest CSV or class tree}``: labelled sets of other sites, scored at the validation
+            threshold after training (:mod:`medtl.data.external`).
     """
 
     def __init__(self, classes: list[str], threshold: str = "youden", target_sensitivity: float = 0.95,
-                 tta: bool = False) -> None:
+                 tta: bool = False, external: dict[str, str] | None = None) -> None:
         self.classes = [str(c) for c in classes]
         self.method, self.target_sensitivity, self.tta = threshold, target_sensitivity, tta
+        self.external = dict(external or {})
         self.binary = len(classes) == 2
 
     def metrics(self, preds: Predictions) -> dict[str, float]:

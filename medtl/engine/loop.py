@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medtl.adaptation.registry import AdaptationMethod, DomainBatch
+from medtl.engine.runtime import (autocast, current_memory_format, in_memory_format, memory_format_for, native_bfloat16, resolve_device,
+                                  to_memory_format)
 from medtl.engine.schedule import warmup_cosine_scheduler
 from medtl.engine.state import RunFolder, TrainingState, random_transforms
 from medtl.errors import MedtlError
@@ -58,18 +60,20 @@ def tta_views(images: torch.Tensor, shift_fraction: float = 0.04) -> list[torch.
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-                   progress: bool = True, desc: str = "predict", tta: TTAViews | bool | None = None) -> Predictions:
+                   progress: bool = True, desc: str = "predict", tta: TTAViews | bool | None = None,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> Predictions:
     """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, *spatial)`` inputs);
-    with ``tta`` (the image pipeline's ``tta_views``; ``True``: radiograph views) the mean over its views."""
+    with ``tta`` (the image pipeline's ``tta_views``; ``True``: radiograph views) the mean over its views.
+    ``memory_format`` is the layout the inputs are given in (the model's, see :mod:`medtl.engine.runtime`)."""
     views_of = tta_views if tta is True else (tta or None)
     model.to(device)
     if not isinstance(model, torch.fx.GraphModule):  # exported (pt2) graphs are in eval form and refuse .eval()
         model.eval()
     probs, labels, paths = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        images = batch["image"].to(device, non_blocking=True).float()  # (B, C, H, W)
+        images = to_memory_format(batch["image"].to(device, non_blocking=True).float(), memory_format)  # (B, C, H, W)
         views = views_of(images) if views_of else [images]
-        with _autocast(device, amp):
+        with autocast(device, amp):
             batch_probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)  # (B, K)
         probs.append(batch_probs.cpu().numpy())
         labels.append(np.asarray(batch.get("label", np.full(len(images), -1))))
@@ -91,8 +95,10 @@ class TargetStream:
         while True:  # re-iterating (not itertools.cycle) draws fresh augmentations and shuffles each pass
             yield from self.loader
 
-    def next_images(self, device: torch.device) -> torch.Tensor:
-        return next(self._batches)["image"].to(device, non_blocking=True).float()  # (B_t, C, H, W)
+    def next_images(self, device: torch.device,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        images = next(self._batches)["image"].to(device, non_blocking=True).float()  # (B_t, C, H, W)
+        return to_memory_format(images, memory_format)
 
 
 class HeadOnly(nn.Module):
@@ -124,12 +130,16 @@ class FeatureSet(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def encode_features(model: TransferModel, loader: DataLoader, device: torch.device, progress: bool = True,
-                    desc: str = "encoding") -> FeatureSet:
-    """Pooled encoder features of every item: images ``(B, C, H, W)`` -> features ``(N, F)`` on the CPU."""
+                    desc: str = "encoding", bfloat16: bool = False,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> FeatureSet:
+    """Pooled encoder features of every item: images ``(B, C, H, W)`` -> features ``(N, F)`` float32 on the CPU,
+    computed in bfloat16 autocast when ``bfloat16`` (see :func:`medtl.engine.runtime.native_bfloat16`)."""
     model.to(device).eval()
     features, labels, paths = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        features.append(model.encoder.forward_features(batch["image"].to(device).float()).float().cpu())
+        images = to_memory_format(batch["image"].to(device).float(), memory_format)  # (B, C, H, W)
+        with autocast(device, bfloat16):
+            features.append(model.encoder.forward_features(images).float().cpu())  # (B, F)
         labels.append(np.asarray(batch["label"]))
         paths.extend(batch["path"])
     return FeatureSet(torch.cat(features), np.concatenate(labels), paths)
@@ -144,18 +154,6 @@ def validation_loss(preds: Predictions) -> float:
     return float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean())
 
 
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class Trainer:
     """Fits a :class:`TransferModel` and predicts with it.
 
@@ -164,8 +162,14 @@ class Trainer:
         lr: head learning rate; the encoder's is scaled by the model's ``encoder_lr_mult``.
         early_stopping_patience: epochs without a better monitored score before stopping.
         max_steps_per_epoch: cap on training batches per epoch (quick runs and tests).
-        features: for a frozen encoder, ``{cache, epochs, patience, batch_size}``: train the head on
-            features computed once instead of running the encoder every epoch.
+        features: for a frozen encoder, ``{cache, epochs, patience, batch_size, dtype}``: train the head on
+            features computed once instead of running the encoder every epoch; ``dtype`` ``auto`` computes them in
+            bfloat16 where the machine does so natively (:func:`~medtl.engine.runtime.native_bfloat16`).
+        memory_format: ``auto`` (channels-last for 2D convolutional models), ``channels_last`` or ``contiguous``.
+        linear_probe_first: a trainable encoder: train the head on frozen features first (the ``features``
+            settings), then fine-tune everything from that head (LP-FT, Kumar et al. 2022).
+        ema_decay: keep an exponential moving average of the weights (BatchNorm statistics too), updated every
+            step; it is what validation scores and what the run keeps. ``None``: off.
         checkpoint_dir: where each run gets its own folder (``<checkpoint_dir>/<run id>/``) with ``last.pt``
             (the whole :class:`TrainingState`, written after every epoch) and ``best.pt``.
         keep_checkpoints: folders of finished runs kept (the most recent); older ones are deleted.
@@ -177,7 +181,8 @@ class Trainer:
                  grad_clip_norm: float | None = 1.0, device: str = "auto", amp: bool | str = "auto",
                  num_threads: int | None = None, max_steps_per_epoch: int | None = None,
                  progress: bool = True, features: dict | None = None, checkpoint_dir: str = "outputs/checkpoints",
-                 keep_checkpoints: int = 3, resume: str | None = None) -> None:
+                 keep_checkpoints: int = 3, resume: str | None = None, memory_format: str = "auto",
+                 linear_probe_first: bool = False, ema_decay: float | None = None) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
         self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
         self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
@@ -186,6 +191,11 @@ class Trainer:
         self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
         self.features = dict(features or {})
         self.checkpoint_dir, self.keep_checkpoints, self.resume = checkpoint_dir, keep_checkpoints, resume
+        self.memory_format, self.linear_probe_first = memory_format, linear_probe_first
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise MedtlError(f"trainer.ema_decay={ema_decay} must be in (0, 1) (0.99: about the last 100 steps), "
+                             "or null for no weight averaging")
+        self.ema_decay = ema_decay
         self.run_folder: RunFolder | None = None
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -204,11 +214,15 @@ class Trainer:
         """
         start = time.perf_counter()
         target = self._target_stream(model, adaptation, target_loader)
-        if self.trains_on_features(model, adaptation):
-            best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end, resume)
-        else:
-            best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
-                                  self.max_epochs, self.patience, target=target, resume=resume)
+        with in_memory_format(model.to(self.device), memory_format_for(model, self.memory_format)):
+            if self.trains_on_features(model, adaptation):
+                best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end,
+                                                  resume)
+            else:
+                if self.linear_probe_first and model.strategy.train_encoder and resume is None:
+                    self._probe_head_first(model, train_loader, val_loader, score, monitor, on_epoch_end)
+                best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
+                                      self.max_epochs, self.patience, target=target, resume=resume)
         best.seconds = time.perf_counter() - start
         return best
 
@@ -233,43 +247,70 @@ class Trainer:
     def _fit_head_on_features(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                               score: Callable[[Predictions], dict[str, float]], monitor: str,
                               on_epoch_end: EpochCallback | None, resume: TrainingState | None) -> FitResult:
-        batch_size = int(self.features.get("batch_size", 256))
-        train_set = encode_features(model, train_loader, self.device, self.progress, "encoding train")
-        val_set = encode_features(model, val_loader, self.device, self.progress, "encoding val")
-        head = HeadOnly(model.encoder.head)
-        best = self._fit_loop(head, DataLoader(train_set, batch_size=batch_size, shuffle=True),
-                              DataLoader(val_set, batch_size=batch_size), score, monitor, on_epoch_end,
-                              int(self.features.get("epochs", 100)), int(self.features.get("patience", 15)),
-                              save_best=False, resume=resume)
+        best = self._fit_head(model, train_loader, val_loader, score, monitor, on_epoch_end, resume)
         best.best_state = copy.deepcopy(model.state_dict())  # encoder + the best head
         self._save(RunFolder.BEST, best.best_state)
         return best
 
+    def _fit_head(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
+                  score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
+                  resume: TrainingState | None = None, save: bool = True) -> FitResult:
+        """Encode both loaders once with the encoder as it is (eval mode) and train ``model``'s head on the features."""
+        bfloat16, layout = self._features_in_bfloat16(), current_memory_format(model)
+        train_set = encode_features(model, train_loader, self.device, self.progress, "encoding train", bfloat16, layout)
+        val_set = encode_features(model, val_loader, self.device, self.progress, "encoding val", bfloat16, layout)
+        batch_size = int(self.features.get("batch_size", 256))
+        return self._fit_loop(HeadOnly(model.encoder.head), DataLoader(train_set, batch_size=batch_size, shuffle=True),
+                              DataLoader(val_set, batch_size=batch_size), score, monitor, on_epoch_end,
+                              int(self.features.get("epochs", 100)), int(self.features.get("patience", 15)),
+                              save_best=False, resume=resume, save=save)
+
+    def _probe_head_first(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
+                          score: Callable[[Predictions], dict[str, float]], monitor: str,
+                          on_epoch_end: EpochCallback | None) -> None:
+        """LP-FT's first step: the head trained on frozen features (one pass of ``train_loader``, augmented as it
+        is), logged as ``probe/*``; no checkpoint (a kill here restarts the run from the start)."""
+        log_probe = (lambda metrics, epoch: on_epoch_end({f"probe/{k}": v for k, v in metrics.items()}, epoch)) \
+            if on_epoch_end else None
+        probe = self._fit_head(model, train_loader, val_loader, score, monitor, log_probe, save=False)
+        log.info("linear probe first: head trained %d epochs on frozen features, val/%s=%.4f; fine-tuning from it",
+                 len(probe.history), monitor, probe.best_score)
+
+    def _features_in_bfloat16(self) -> bool:
+        dtype = str(self.features.get("dtype", "auto"))
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise MedtlError(f"trainer.features.dtype='{dtype}' is unknown; use auto, float32 or bfloat16")
+        return dtype == "bfloat16" or (dtype == "auto" and native_bfloat16(self.device))
+
     def _fit_loop(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
                   max_epochs: int, patience: int, save_best: bool = True,
-                  target: TargetStream | None = None, resume: TrainingState | None = None) -> FitResult:
+                  target: TargetStream | None = None, resume: TrainingState | None = None, save: bool = True) -> FitResult:
         model.to(self.device)
         optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target)
         transforms = random_transforms(getattr(getattr(train_loader, "dataset", None), "transform", None))
+        averaged = self._averaged(model) if save_best else None  # the encoder trains: weight averaging applies
         state = resume or TrainingState()
         if resume is not None:
-            self._restore(state, model, optimizer, scheduler, target, transforms)
+            self._restore(state, model, optimizer, scheduler, target, transforms, averaged)
         for epoch in range(state.epoch, max_epochs if not state.done else state.epoch):
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
-            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target)
-            val = self.predict(model, val_loader)
+            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target, averaged)
+            scored = averaged.module if averaged is not None else model
+            val = self.predict(scored, val_loader)
             metrics.update({f"val/{k}": v for k, v in score(val).items()})
             metrics["val/loss"] = validation_loss(val)
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if state.record(epoch, metrics, metrics[f"val/{monitor}"], model, patience, metrics["val/loss"]) \
+            if state.record(epoch, metrics, metrics[f"val/{monitor}"], scored, patience, metrics["val/loss"]) \
                     and save_best:
                 self._save(RunFolder.BEST, state.best_state)
             state.model, state.optimizer, state.scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
             state.adaptation = target.method.state_dict() if target is not None else {}
+            state.averaged = averaged.state_dict() if averaged is not None else {}
             state.rng = TrainingState.capture_rng(transforms)
-            self._save(RunFolder.LAST, state.state_dict())  # before the metrics are logged: see MlflowTracker.resume
+            if save:
+                self._save(RunFolder.LAST, state.state_dict())  # before the metrics are logged: see MlflowTracker.resume
             if on_epoch_end:
                 on_epoch_end(metrics, epoch)
             if state.done:
@@ -277,6 +318,14 @@ class Trainer:
                 break
         model.load_state_dict(state.best_state)
         return FitResult(state.best_epoch, state.best_score, state.best_state, state.history)
+
+    def _averaged(self, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+        """An exponential moving average of ``model``'s weights and buffers (``ema_decay``), or ``None``."""
+        if self.ema_decay is None:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
 
     def _optimiser(self, model: nn.Module, train_loader: DataLoader, max_epochs: int,
                    target: TargetStream | None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -293,8 +342,9 @@ class Trainer:
     @staticmethod
     def _restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, target: TargetStream | None,
-                 transforms: list) -> None:
-        """Put a saved :class:`TrainingState` back: weights, optimiser, schedule, adaptation method, generators."""
+                 transforms: list, averaged: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+        """Put a saved :class:`TrainingState` back: weights (and their average), optimiser, schedule, adaptation
+        method, generators."""
         if hasattr(model, "on_epoch_start"):  # gradual unfreezing decides which stages the optimiser steps
             model.on_epoch_start(max(state.epoch - 1, 0))
         model.load_state_dict(state.model)
@@ -302,6 +352,8 @@ class Trainer:
         scheduler.load_state_dict(state.scheduler)
         if target is not None and state.adaptation:
             target.method.load_state_dict(state.adaptation)
+        if averaged is not None and state.averaged:
+            averaged.load_state_dict(state.averaged)
         TrainingState.restore_rng(state.rng, transforms)
         log.info("resuming after epoch %d (best so far: epoch %d, %.4f)", state.epoch - 1, state.best_epoch,
                  state.best_score)
@@ -309,11 +361,15 @@ class Trainer:
     def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict",
                 tta: TTAViews | bool | None = None) -> Predictions:
         """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
-        return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc, tta=tta)
+        layout = memory_format_for(model, self.memory_format)
+        with in_memory_format(model.to(self.device), layout):
+            return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc,
+                                  tta=tta, memory_format=layout)
 
     def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int,
-                     target: TargetStream | None = None) -> dict[str, float]:
+                     target: TargetStream | None = None,
+                     averaged: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, float]:
         """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second,
         data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics."""
         model.train()
@@ -333,6 +389,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_([p for p in parameters if p.requires_grad], self.grad_clip_norm)
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(loss.item())
             adaptation_losses.append(float(torch.as_tensor(adaptation_loss).detach()))
             images += len(batch["label"])
@@ -346,12 +404,13 @@ class Trainer:
     def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None,
               progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cross-entropy on the source batch, adaptation loss on source and target features)``."""
-        images = batch["image"].to(self.device, non_blocking=True).float()  # (B, C, H, W)
+        layout = current_memory_format(model)
+        images = to_memory_format(batch["image"].to(self.device, non_blocking=True).float(), layout)  # (B, C, H, W)
         labels = torch.as_tensor(batch["label"], device=self.device)  # (B,)
-        with _autocast(self.device, self.amp):
+        with autocast(self.device, self.amp):
             if target is None:
                 return nn.functional.cross_entropy(model(images).float(), labels), images.new_zeros(())
-            features = model.encoder.forward_features(torch.cat([images, target.next_images(self.device)]))  # (B + B_t, F)
+            features = model.encoder.forward_features(torch.cat([images, target.next_images(self.device, layout)]))  # (B + B_t, F)
             logits = model.encoder.head(features).float()  # (B + B_t, K)
             n = len(images)
             domains = DomainBatch(features[:n], logits[:n], features[n:], logits[n:], progress)

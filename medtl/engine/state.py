@@ -82,6 +82,7 @@ class TrainingState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=dict)
     adaptation: dict[str, torch.Tensor] = field(default_factory=dict)
+    averaged: dict[str, torch.Tensor] = field(default_factory=dict)  # trainer.ema_decay: the weights' average
     rng: dict[str, Any] = field(default_factory=dict)
     done: bool = False
 
@@ -113,7 +114,7 @@ class TrainingState:
         if state.get("version") != STATE_VERSION:
             raise MedtlError(f"training state version {state.get('version')} is not {STATE_VERSION}; "
                              "it was written by another medtl: start a new run instead of resuming")
-        # Fields added later (best_loss) keep their defaults when an older state is resumed.
+        # Fields added later (best_loss, averaged) keep their defaults when an older state is resumed.
         return cls(**{name: state[name] for name in cls.__dataclass_fields__ if name in state})
 
     @staticmethod

@@ -1,7 +1,8 @@
 """Transfer strategies and the classifier that the training loop optimises.
 
 ``linear_probe``: pretrained encoder frozen (BatchNorm statistics too), only the head learns.
-``finetune``: pretrained encoder and head learn; the encoder at a lower learning rate.
+``finetune``: pretrained encoder and head learn; the encoder at a lower learning rate. With ``frozen_stages``
+the first stages keep their ImageNet weights and BatchNorm statistics: no backward pass runs through them.
 ``scratch``: the same architecture from a random initialisation, all layers at one rate: the
 baseline that shows what pretraining buys.
 """
@@ -47,10 +48,14 @@ class TransferModel(nn.Module):
     """
 
     def __init__(self, encoder: Encoder, strategy: Strategy, encoder_lr_mult: float, bn: str = "train",
-                 layer_decay: float = 1.0, unfreeze_every: int | None = None) -> None:
+                 layer_decay: float = 1.0, unfreeze_every: int | None = None, frozen_stages: int = 0) -> None:
         super().__init__()
         if bn not in ("train", "freeze"):
             raise MedtlError(f"model.bn='{bn}' is unknown; use train or freeze")
+        n_stages = len(encoder.stage_modules())
+        if not 0 <= frozen_stages < n_stages:
+            raise MedtlError(f"model.frozen_stages={frozen_stages} must be in [0, {n_stages - 1}]: "
+                             f"{type(encoder).__name__} has {n_stages} stages and at least the last one trains")
         if not 0.0 < layer_decay <= 1.0:
             raise MedtlError(f"model.layer_decay={layer_decay} must be in (0, 1]; 1 gives every stage the same rate")
         self.layer_decay = layer_decay if strategy.discriminative_lr else 1.0
@@ -59,11 +64,14 @@ class TransferModel(nn.Module):
         self.strategy = strategy
         self.encoder_lr_mult = encoder_lr_mult if strategy.discriminative_lr else 1.0
         self.freeze_bn = bn == "freeze" and strategy.train_encoder
+        self.frozen_stages = frozen_stages if strategy.train_encoder else 0
         for parameter in encoder.encoder_parameters():
             parameter.requires_grad_(strategy.train_encoder)
         for module in self._encoder_batchnorms() if self.freeze_bn else []:
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
+        for parameter in self._frozen_stage_parameters():
+            parameter.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -79,6 +87,9 @@ class TransferModel(nn.Module):
         if mode and self.freeze_bn:
             for module in self._encoder_batchnorms():
                 module.eval()
+        for stage in self.encoder.stage_modules()[:self.frozen_stages] if mode else []:
+            for module in stage:
+                module.eval()
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
@@ -89,22 +100,26 @@ class TransferModel(nn.Module):
             return groups
         frozen_bn = {id(p) for m in self._encoder_batchnorms() for p in m.parameters()} if self.freeze_bn else set()
         stages = self.encoder.stage_parameters()
-        for index, params in enumerate(stages):
+        for index, params in enumerate(stages[self.frozen_stages:], start=self.frozen_stages):
             params = [p for p in params if id(p) not in frozen_bn]
             scale = self.encoder_lr_mult * self.layer_decay ** (len(stages) - 1 - index)
             groups.append({"params": params, "lr": lr * scale, "name": f"encoder.stage{index}"})
         return groups
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Gradual unfreezing: before epoch ``e`` the last ``1 + e // unfreeze_every`` stages train."""
+        """Gradual unfreezing: before epoch ``e`` the last ``1 + e // unfreeze_every`` stages train (never the
+        first ``frozen_stages``)."""
         if self.unfreeze_every is None:
             return
         stages = self.encoder.stage_parameters()
-        trainable_from = max(0, len(stages) - 1 - epoch // self.unfreeze_every)
+        trainable_from = max(self.frozen_stages, len(stages) - 1 - epoch // self.unfreeze_every)
         frozen_bn = {id(p) for m in self._encoder_batchnorms() for p in m.parameters()} if self.freeze_bn else set()
         for index, params in enumerate(stages):
             for parameter in params:
                 parameter.requires_grad_(index >= trainable_from and id(parameter) not in frozen_bn)
+
+    def _frozen_stage_parameters(self) -> list[nn.Parameter]:
+        return [p for stage in self.encoder.stage_parameters()[:self.frozen_stages] for p in stage]
 
     def _encoder_batchnorms(self) -> list[nn.Module]:
         head_modules = {id(m) for m in self.encoder.head.modules()}
@@ -116,7 +131,7 @@ def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str
                      weights_path: str | None = None, in_channels: int = 1, image_size: int = 224,
                      dropout: float = 0.2, encoder_lr_mult: float = 0.1, grey_input: str = "sum",
                      bn: str = "train", layer_decay: float = 1.0, unfreeze_every: int | None = None,
-                     input_shape: Sequence[int] | None = None, slices: dict | None = None) -> TransferModel:
+                     frozen_stages: int = 0, input_shape: Sequence[int] | None = None, slices: dict | None = None) -> TransferModel:
     """Create the encoder named ``encoder`` for ``strategy`` and give it a ``num_classes`` head.
 
     ``input_shape`` is the image pipeline's spatial shape (training passes it; ``(S, S)`` by default). For a
@@ -139,7 +154,7 @@ def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str
                          image_size=_encoder_size(encoder, shape, config), grey_input=grey_input)
     net = _for_input(net, encoder, shape, config)
     net.reset_head(num_classes, dropout=dropout)
-    return TransferModel(net, chosen, encoder_lr_mult, bn, layer_decay, unfreeze_every)
+    return TransferModel(net, chosen, encoder_lr_mult, bn, layer_decay, unfreeze_every, frozen_stages)
 
 
 def _encoder_size(encoder: str, shape: tuple[int, ...], config: SliceConfig) -> int:

@@ -18,7 +18,10 @@ PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv", "ta
 
 
 def predictions_file(split: str) -> str:
-    """``val_predictions.csv`` for ``val``; ``test`` and ``target`` likewise."""
+    """``val_predictions.csv`` for ``val``; ``test`` and ``target`` likewise; ``external_<name>_predictions.csv`` for
+    an external test set (``evaluation.external``)."""
+    if split.startswith("external_"):
+        return f"{split}_predictions.csv"
     if split not in PREDICTIONS:
         raise KeyError(f"no predictions artefact for split '{split}'; known: {sorted(PREDICTIONS)}")
     return PREDICTIONS[split]

@@ -26,8 +26,10 @@ ALWAYS = ("experiment_name", "seed", "model.encoder", "model.strategy", "model.w
           "trainer.optimizer.weight_decay", "evaluation.threshold", "evaluation.tta")
 ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.early_stopping_patience",
                     "data.augment.prob", "data.augment.rotate_deg", "data.augment.scale", "data.augment.translate",
-                    "data.augment.noise_std")
-FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every")  # pretrained encoder
+                    "data.augment.noise_std", "data.augment.gamma", "data.augment.blur",
+                    "trainer.ema_decay")
+FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every", "model.frozen_stages",
+            "trainer.linear_probe_first")  # pretrained encoder
 HEAD_ON_FEATURES = ("trainer.features.epochs", "trainer.features.patience", "trainer.features.batch_size")
 ADAPTATION = ("adaptation.weight", "adaptation.entropy_weight", "data.target_eval_fraction")
 DEMO = ("data.demo.n_patients", "data.demo.image_size", "data.demo.seed")

@@ -10,6 +10,7 @@ from torch import nn
 
 from medtl.engine.loop import Predictions, Trainer, validation_loss
 from medtl.engine.state import RunFolder, TrainingState
+from medtl.errors import MedtlError
 from medtl.models import build_classifier
 
 
@@ -131,3 +132,75 @@ def test_validation_loss_is_the_mean_cross_entropy_of_labelled_rows() -> None:
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
     preds = Predictions(probs, np.array([0, 1, -1]), ["a", "b", "c"])
     assert validation_loss(preds) == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
+
+
+def test_frozen_stages_keep_weights_and_batchnorm_statistics_and_leave_the_optimiser() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, frozen_stages=3)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()
+              if k.startswith(("encoder.net._conv_stem", "encoder.net._bn0", "encoder.net._blocks.0.",
+                               "encoder.net._blocks.1."))}
+    assert any("running_mean" in k for k in frozen) and len(frozen) > 20
+    later = model.encoder.net._blocks[2][0]._depthwise_conv.weight.clone()  # stage 3: trains
+    groups = model.param_groups(1e-3)
+    assert [g["name"] for g in groups] == ["head", *[f"encoder.stage{i}" for i in range(3, 9)]]
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, progress=False, device="cpu")
+    trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5})
+    for key, value in frozen.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert not torch.equal(model.encoder.net._blocks[2][0]._depthwise_conv.weight, later)
+    with pytest.raises(MedtlError, match=r"model.frozen_stages=9 must be in \[0, 8\]"):
+        build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, frozen_stages=9)
+
+
+def test_linear_probe_first_trains_the_head_on_features_then_finetunes_from_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32)
+    logged: list[tuple[dict, int]] = []
+    heads: list[torch.Tensor] = []
+    original = Trainer._fit_loop
+
+    def spy(self, net, *args, **kwargs):  # type: ignore[no-untyped-def]
+        heads.append(model.encoder.head[1].weight.detach().clone())  # the head each stage starts from
+        return original(self, net, *args, **kwargs)
+
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=1, progress=False, device="cpu",
+                      linear_probe_first=True, features={"epochs": 3, "patience": 3, "dtype": "float32"})
+    trainer.run_folder = RunFolder(tmp_path)
+    Trainer._fit_loop = spy  # type: ignore[method-assign]
+    try:
+        trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5},
+                    on_epoch_end=lambda metrics, epoch: logged.append((metrics, epoch)))
+    finally:
+        Trainer._fit_loop = original  # type: ignore[method-assign]
+    assert len(heads) == 2 and not torch.equal(heads[0], heads[1])  # the finetune started from the trained head
+    probe = [m for m, _ in logged if "probe/val/auroc" in m]
+    assert len(probe) == 3 and all("val/auroc" not in m for m in probe)
+    assert [e for m, e in logged if "val/auroc" in m] == [0]  # then one finetune epoch under the usual names
+    state = torch.load(tmp_path / RunFolder.LAST, weights_only=True)
+    assert state["epoch"] == 1 and "encoder.net._conv_stem.weight" in state["model"]  # the finetune's state only
+
+
+def test_weight_average_is_what_validation_scores_and_the_run_keeps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scored: list[dict] = []
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, progress=False, device="cpu",
+                      ema_decay=0.5)
+    trainer.run_folder = RunFolder(tmp_path)
+    original = trainer.predict
+    trainer.predict = lambda net, loader, **kw: (scored.append(net), original(net, loader, **kw))[1]  # type: ignore[method-assign]
+    scores = iter([0.5, 0.6])  # the last epoch is the best
+    result = trainer.fit(model, fake_loader(3), fake_loader(1), score=lambda p: {"auroc": next(scores)})
+    assert result.best_epoch == 1 and len(scored) == 2
+    assert all(net is not model for net in scored)  # the average, not the raw weights
+    state = torch.load(tmp_path / RunFolder.LAST, weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items() if k.startswith("module.")}
+    raw = state["model"]
+    key = "encoder.head.1.weight"
+    assert not torch.equal(averaged[key], raw[key]) and not torch.equal(averaged[key], start[key])
+    assert torch.equal(result.best_state[key], averaged[key])
+    assert torch.equal(model.state_dict()[key], result.best_state[key])  # the model ends as the kept average
+    with pytest.raises(MedtlError, match=r"trainer.ema_decay=1.5 must be in \(0, 1\)"):
+        Trainer(partial(torch.optim.AdamW), ema_decay=1.5)
