@@ -1,88 +1,102 @@
-"""Training throughput through medtl's data pipeline vs the model's own forward+backward on in-memory tensors.
+"""Training throughput: the real training loop through medtl's data pipeline vs the same loop on one in-memory
+batch, for the layouts and recipes medtl can train with.
 
-    python benchmarks/train_throughput.py [--data ../shared/data/chest_xray_kermany] [--image-size 96]
+    python benchmarks/train_throughput.py [--data ../shared/data/chest_xray_kermany] [--image-size 224]
 
-Both loops do the same optimiser step (cross-entropy, backward, AdamW) on the same finetune model;
-the pipeline loop reads batches from ``data.loaders`` (memory cache, random augmentation in the
-loader, ``data.num_workers`` as configured); the reference loop reuses one in-memory batch. The cache
-is built before timing. Writes ``benchmarks/results/train_throughput.{json,md}``.
+Every figure is ``Trainer._train_epoch`` (forward, backward, gradient clipping, AdamW step, schedule) over
+``--steps`` batches after a warm-up pass, EfficientNet-Lite0 finetune. ``pipeline``: batches from ``data.loaders``
+(memory cache built before timing, random augmentation in the loader); ``in-memory``: one cached batch again and
+again, the model's own speed. Configurations: ``before`` (contiguous layout, every stage trains: medtl's default
+until the layout became ``auto``), ``auto`` (the layout the machine picks), and ``auto`` with the first stages frozen
+(``model.frozen_stages``). The ratio is the pipeline's speed over the model's best in-memory speed at any measured
+batch size. Run it alone: another torch process on the same cores slows it several times. Writes
+``benchmarks/results/train_throughput.{json,md}``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
-from torch import nn
 
 from medtl.data import ImageClassificationData
+from medtl.engine import Trainer
+from medtl.engine.runtime import in_memory_format, memory_format_for
 from medtl.models import build_classifier
-from medtl.provenance import git_commit, machine_description
+from medtl.provenance import git_commit, machine_description, markdown_table
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]
+CONFIGS = {"before": ("contiguous", 0), "auto": ("auto", 0), "auto, frozen_stages=3": ("auto", 3)}
 
 
-def images_per_second(model: nn.Module, batches: Iterable[dict], steps: int, warmup: int = 3) -> float:
-    """Source images per second over ``steps`` optimiser steps after ``warmup`` steps (loading included)."""
+def images_per_second(trainer: Trainer, model: torch.nn.Module, batches: list[dict] | object, steps: int) -> float:
+    """Source images per second of the training loop over ``steps`` batches, after one warm-up pass of 3 batches."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    iterator, seen, start = iter(batches), 0, 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            seen, start = 0, time.perf_counter()
-        batch = next(iterator)
-        loss = nn.functional.cross_entropy(model(batch["image"].float()), torch.as_tensor(batch["label"]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += len(batch["label"])
-    return seen / (time.perf_counter() - start)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with in_memory_format(model, memory_format_for(model, trainer.memory_format)):
+        trainer.max_steps_per_epoch = 3
+        trainer._train_epoch(model, batches, optimizer, scheduler, 0, 1)
+        trainer.max_steps_per_epoch = steps
+        return trainer._train_epoch(model, batches, optimizer, scheduler, 0, 1)["train/images_per_s"]
 
 
-def endless(loader: Iterable[dict]) -> Iterable[dict]:
-    while True:
-        yield from loader
+def measure(data: ImageClassificationData, size: int, name: str, batch_sizes: list[int], steps: int) -> list[dict]:
+    layout, frozen = CONFIGS[name]
+    rows = []
+    for batch_size in batch_sizes:
+        torch.manual_seed(0)
+        model = build_classifier("efficientnet_lite0", "finetune", num_classes=len(data.classes), image_size=size,
+                                 frozen_stages=frozen)
+        trainer = Trainer(partial(torch.optim.AdamW), progress=False, device="cpu", memory_format=layout)
+        data.batch_size = batch_size
+        train_loader, _ = data.loaders(model.encoder.weights_info, augment=True)  # builds the memory cache
+        one = next(iter(train_loader))
+        in_memory = images_per_second(trainer, model, [one] * (steps + 3), steps)
+        pipeline = images_per_second(trainer, model, train_loader, steps)
+        rows.append({"image_size": size, "config": name, "batch_size": batch_size,
+                     "in_memory_img_s": round(in_memory, 1), "pipeline_img_s": round(pipeline, 1)})
+        print(rows[-1], flush=True)
+    best = max(r["in_memory_img_s"] for r in rows)
+    for row in rows:
+        row["ratio_to_best_in_memory"] = round(row["pipeline_img_s"] / best, 3)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany"))
-    parser.add_argument("--image-size", type=int, nargs="+", default=[96, 128])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--max-images", type=int, default=1500)
+    parser.add_argument("--image-size", type=int, nargs="+", default=[224])
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--max-images", type=int, default=800)
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     args = parser.parse_args()
     rows = []
     for size in args.image_size:
         data = ImageClassificationData(root=args.data, patient_id_patterns=PATTERNS, image_size=size,
-                                       batch_size=args.batch_size, check=False, max_images=args.max_images)
+                                       check=False, max_images=args.max_images)
         data.setup()
-        torch.manual_seed(0)
-        model = build_classifier("efficientnet_lite0", "finetune", num_classes=len(data.classes), image_size=size)
-        train_loader, _ = data.loaders(model.encoder.weights_info, augment=True)  # builds the memory cache
-        in_memory = next(iter(train_loader))
-        reference = images_per_second(model, endless([in_memory]), args.steps)
-        pipeline = images_per_second(model, endless(train_loader), args.steps)
-        rows.append({"image_size": size, "batch_size": args.batch_size, "in_memory_img_s": round(reference, 1),
-                     "pipeline_img_s": round(pipeline, 1), "ratio": round(pipeline / reference, 3)})
-        print(rows[-1])
-    write_results(rows, Path(args.results_dir))
+        for name in args.configs:
+            rows += measure(data, size, name, args.batch_size, args.steps)
+    write_results(rows, Path(args.results_dir), torch.get_num_threads())
 
 
-def write_results(rows: list[dict], out: Path) -> None:
+def write_results(rows: list[dict], out: Path, threads: int) -> None:
     commit, machine = git_commit(HERE), machine_description()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows}, indent=2))
-    lines = [f"Machine: {machine}. Commit {commit}. EfficientNet-Lite0 finetune, AdamW step, memory cache + augmentation.",
-             "", "| image size | batch | in-memory fwd+bwd img/s | training pipeline img/s | ratio |", "|---|---|---|---|---|"]
-    lines += [f"| {r['image_size']} | {r['batch_size']} | {r['in_memory_img_s']} | {r['pipeline_img_s']} | {r['ratio']} |"
-              for r in rows]
-    (out / "train_throughput.md").write_text("\n".join(lines) + "\n")
+    (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows},
+                                                          indent=2))
+    table = markdown_table(pd.DataFrame(rows).rename(columns={
+        "image_size": "image size", "config": "configuration", "batch_size": "batch", "in_memory_img_s": "in-memory img/s",
+        "pipeline_img_s": "pipeline img/s", "ratio_to_best_in_memory": "pipeline / best in-memory"}))
+    header = (f"Machine: {machine}, {threads} torch threads. Commit {commit}. EfficientNet-Lite0 finetune, the training "
+              "loop's step (AdamW, gradient clipping), memory cache + augmentation.")
+    (out / "train_throughput.md").write_text(header + "\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,204 @@
+"""Generalisation: candidate chest X-ray recipes x seeds, judged on sites they never saw.
+
+    python benchmarks/generalisation.py --data ../shared/data/chest_xray_kermany/train [--recipes ...] [--seeds 0 1 2]
+
+A fixed, stratified 20% of the patients of ``--data`` is held out before anything trains (``--holdout-seed``): it
+is never trained on and never chooses an epoch or a threshold. From it come the other sites: ``heldout`` (the
+same hospital, unseen patients, as stored), and ``mild`` and ``strong`` (the same images through the seeded
+acquisition shifts of ``medtl/data/shift.py``, written once as 12-bit MONOCHROME1 DICOM). Each recipe is an
+ordinary ``medtl.train`` run of ``+experiment=chest_xray`` on the other 80% (validation carved from it by patient,
+per seed), with the sites as ``evaluation.external`` sets: AUROC, and accuracy, sensitivity and specificity at the
+threshold the run's own validation chose. Every run is appended to ``<out-name>_runs.jsonl`` as it ends, so an
+interrupted benchmark continues where it stopped; the summary, table and plot are rewritten after each run
+(``benchmarks/results/<out-name>.{md,json,png}``). Run it alone on the machine.
+
+The simulated sites share a family of changes with the acquisition augmentation some recipes use (contrast curve,
+blur): gains there are partly by construction. ``heldout`` and, outside this repository, the published test split
+are the independent checks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from medtl import CONFIG_DIR  # noqa: E402
+from medtl.provenance import git_commit, machine_description, markdown_table  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PATTERNS = [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]
+SITES = ["heldout", "mild", "strong"]
+LP_FT = ["model.strategy=finetune", "model.frozen_stages=3", "trainer.linear_probe_first=true",
+         "trainer.max_epochs=3"]
+ACQUISITION = ["data.augment.gamma=0.4", "data.augment.blur=1.5"]
+RECIPES: dict[str, list[str]] = {
+    # medtl's recommended real-data command before this benchmark (README, commit eb2168f): finetune 5 epochs, 224 px
+    "finetune_5ep": ["model.strategy=finetune", "trainer.max_epochs=5"],
+    "linear_probe": ["model.strategy=linear_probe"],
+    "lpft_frozen3": LP_FT,
+    "lpft_frozen3_ema": [*LP_FT, "trainer.ema_decay=0.99"],
+    "lpft_frozen3_aug": [*LP_FT, *ACQUISITION],
+    "lpft_frozen3_ema_aug": [*LP_FT, "trainer.ema_decay=0.99", *ACQUISITION],
+    "lpft_frozen3_ema_aug_128": [*LP_FT, "trainer.ema_decay=0.99", *ACQUISITION, "data.image_size=128"],
+}
+
+
+def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: int) -> dict[str, Path]:
+    """``source.csv`` (80% of the patients) and one labelled manifest per site under ``work`` (written once)."""
+    from medtl.data.manifest import read_manifest, scan_tree, write_manifest
+    from medtl.data.shift import shift_for, write_shifted_site
+    from medtl.data.split import stratified_group_holdout
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"source": work / "source.csv", **{site: work / f"{site}.csv" for site in SITES}}
+    if not paths["source"].is_file():
+        frame, _ = scan_tree(data, PATTERNS)
+        held_out = stratified_group_holdout(frame, holdout_fraction, holdout_seed, key="--holdout-fraction")
+        write_manifest(frame.loc[held_out, ["path", "label", "patient_id"]], paths["heldout"])
+        write_manifest(frame.drop(held_out)[["path", "label", "patient_id"]], paths["source"])
+    heldout = read_manifest(paths["heldout"])
+    for severity in ("mild", "strong"):
+        if not paths[severity].is_file():
+            site = write_shifted_site(heldout, work / severity, shift_for(severity), seed=holdout_seed)
+            write_manifest(site[["path", "label", "patient_id"]], paths[severity])
+    return paths
+
+
+def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, extra: list[str]) -> list[str]:
+    """The ``medtl.train`` overrides of one run: the recipe on the source, the sites as external sets."""
+    return ["+experiment=chest_xray", f"data.manifest={sites['source']}", f"seed={seed}", "data.check=false",
+            "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
+            "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
+            *(f"+evaluation.external.{site}={sites[site]}" for site in SITES), *RECIPES[recipe], *extra]
+
+
+def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, extra: list[str]) -> dict:
+    from medtl.train import train
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=run_overrides(recipe, seed, sites, tracking_uri, extra))
+    start = time.perf_counter()
+    metrics = train(cfg)
+    row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start,
+           "train_seconds": metrics["train/seconds"], "val_auroc": metrics["val/final_auroc"],
+           "val_accuracy": metrics["val/final_accuracy"]}
+    for site in SITES:
+        for name in ("auroc", "accuracy", "sensitivity", "specificity"):
+            row[f"{site}_{name}"] = metrics[f"external/{site}/{name}"]
+    return row
+
+
+def summarise(runs: pd.DataFrame, recipes: list[str]) -> pd.DataFrame:
+    """Mean and sd over seeds per recipe (in ``recipes`` order) of every site's AUROC and accuracy."""
+    columns = ["val_auroc", *(f"{s}_{m}" for s in SITES for m in ("auroc", "accuracy"))]
+    grouped = runs.groupby("recipe")
+    table = pd.DataFrame({"seeds": grouped["seed"].count(), "minutes": grouped["seconds"].mean() / 60})
+    for column in columns:
+        table[f"{column}_mean"] = grouped[column].mean()
+        table[f"{column}_sd"] = grouped[column].std()
+    order = [r for r in recipes if r in table.index] + [r for r in table.index if r not in recipes]
+    return table.loc[order].reset_index()
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """``mean ± sd`` cells: recipe, seeds, minutes, validation AUROC, each site's AUROC and accuracy."""
+    def cell(row: pd.Series, column: str) -> str:
+        sd = row[f"{column}_sd"]
+        return f"{row[f'{column}_mean']:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}")
+
+    out = pd.DataFrame({"recipe": table["recipe"], "seeds": table["seeds"], "minutes": table["minutes"].round(1)})
+    out["val AUROC"] = [cell(r, "val_auroc") for _, r in table.iterrows()]
+    for site in SITES:
+        out[f"{site} AUROC"] = [cell(r, f"{site}_auroc") for _, r in table.iterrows()]
+        out[f"{site} acc."] = [cell(r, f"{site}_accuracy") for _, r in table.iterrows()]
+    return out
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    x = np.arange(len(table))
+    width = 0.8 / len(SITES)
+    for ax, metric in zip(axes, ("auroc", "accuracy")):
+        for i, site in enumerate(SITES):
+            ax.bar(x + (i - 1) * width, table[f"{site}_{metric}_mean"], width,
+                   yerr=table[f"{site}_{metric}_sd"].fillna(0), label=site)
+        ax.set_xticks(x, table["recipe"], rotation=25, ha="right", fontsize=8)
+        low = min(table[f"{s}_{metric}_mean"].min() for s in SITES)
+        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        ax.set_ylabel(f"{'AUROC' if metric == 'auroc' else 'accuracy at the validation threshold'} (mean, sd)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle("Chest X-ray recipes on sites they never saw (held-out patients; simulated mild / strong sites)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_runs(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
+    table = summarise(pd.DataFrame(runs), args.recipes)
+    machine = machine_description()
+    commits = sorted({r["commit"] for r in runs})
+    settings = (f"Data: {args.data}, {args.holdout_fraction:.0%} of patients held out (seed {args.holdout_seed}); "
+                f"commit(s) {', '.join(commits)}; run alone")
+    recipes = "\n".join(f"- `{name}`: `{' '.join(RECIPES[name])}`" for name in table["recipe"] if name in RECIPES)
+    (out / f"{args.out_name}.md").write_text(f"Machine: {machine}. {settings}.\n\n{markdown_table(readable(table))}\n\n"
+                                             f"Recipes (on top of `+experiment=chest_xray`, 224 px unless set):\n"
+                                             f"{recipes}\n")
+    (out / f"{args.out_name}.json").write_text(json.dumps({"machine": machine, "settings": settings,
+                                                           "summary": table.to_dict("records")}, indent=2, default=float))
+    plot(table, out / f"{args.out_name}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany" / "train"))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--holdout-fraction", type=float, default=0.2)
+    parser.add_argument("--holdout-seed", type=int, default=0)
+    parser.add_argument("--work-dir", default="~/.cache/medtl/generalisation")
+    parser.add_argument("--out-name", default="generalisation")
+    parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the runs file")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_file = out / f"{args.out_name}_runs.jsonl"
+    runs = read_runs(runs_file)
+    if not args.report_only:
+        sites = build_sites(Path(args.data), Path(args.work_dir).expanduser() / f"holdout{args.holdout_seed}",
+                            args.holdout_fraction, args.holdout_seed)
+        done = {(r["recipe"], r["seed"]) for r in runs}
+        for seed in args.seeds:
+            for recipe in (r for r in args.recipes if (r, seed) not in done):
+                row = {**one_run(recipe, seed, sites, args.tracking_uri, args.overrides), "commit": git_commit(HERE),
+                       "overrides": args.overrides}
+                with runs_file.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                runs.append(row)
+                write_results(runs, args, out)
+                print(json.dumps(row), flush=True)
+    if runs:
+        write_results(runs, args, out)
+        print(readable(summarise(pd.DataFrame(runs), args.recipes)).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
