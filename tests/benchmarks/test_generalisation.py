@@ -1,0 +1,46 @@
+"""The generalisation benchmark: the summary over seeds, and a smoke run that resumes instead of repeating runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.benchmarks import load_benchmark
+
+
+def test_summary_is_mean_and_sd_over_seeds_in_recipe_order() -> None:
+    module = load_benchmark("generalisation")
+    rows = [{"recipe": recipe, "seed": seed, "seconds": 60.0 * (seed + 1), "val_auroc": 0.99,
+             **{f"{site}_{m}": value + 0.02 * seed for site in module.SITES for m in ("auroc", "accuracy")}}
+            for recipe, value in (("b", 0.90), ("a", 0.80)) for seed in (0, 1)]
+    table = module.summarise(pd.DataFrame(rows), ["b", "a"])
+    assert list(table["recipe"]) == ["b", "a"] and list(table["seeds"]) == [2, 2]
+    assert table.loc[0, "strong_auroc_mean"] == pytest.approx(0.91)
+    assert table.loc[0, "strong_auroc_sd"] == pytest.approx(0.02 / 2 ** 0.5)
+    assert table.loc[1, "minutes"] == pytest.approx(1.5)
+    assert module.readable(table).loc[1, "mild acc."] == "0.810 ± 0.014"
+
+
+def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_manifest: Path) -> None:
+    module = load_benchmark("generalisation")
+    args = ["--data", str(demo_manifest.parent), "--recipes", "linear_probe", "lpft_frozen3", "--seeds", "0",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path), "--out-name", "smoke",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--holdout-fraction", "0.3",
+            "data.image_size=32", "data.batch_size=8", "trainer.max_steps_per_epoch=2", "trainer.features.epochs=2",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    module.main(args)
+    runs = [json.loads(line) for line in (tmp_path / "smoke_runs.jsonl").read_text().splitlines()]
+    assert [r["recipe"] for r in runs] == ["linear_probe", "lpft_frozen3"]
+    assert all(0.0 <= r[f"{site}_auroc"] <= 1.0 for r in runs for site in module.SITES)
+    work = tmp_path / "work" / "holdout0"
+    source, heldout = pd.read_csv(work / "source.csv"), pd.read_csv(work / "heldout.csv")
+    assert not set(source["patient_id"]) & set(heldout["patient_id"])  # held out by patient
+    assert len(pd.read_csv(work / "strong.csv")) == len(heldout) and (work / "strong").is_dir()
+    module.main(args)  # everything is done: nothing runs again
+    assert len((tmp_path / "smoke_runs.jsonl").read_text().splitlines()) == 2
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| recipe | seeds | minutes | val AUROC | heldout AUROC | heldout acc. |" in table
+    assert "`lpft_frozen3`: `model.strategy=finetune model.frozen_stages=3" in table
+    assert (tmp_path / "smoke.png").stat().st_size > 1000
