@@ -79,6 +79,7 @@ def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: 
     return ["+experiment=chest_xray", f"data.manifest={sites['source']}", f"seed={seed}", "data.check=false",
             "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
             "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
+            "evaluation.external_adabn=true",
             *(f"+evaluation.external.{site}={sites[site]}" for site in SITES), *RECIPES[recipe], *extra]
 
 
@@ -95,12 +96,14 @@ def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, e
     for site in SITES:
         for name in ("auroc", "accuracy", "sensitivity", "specificity"):
             row[f"{site}_{name}"] = metrics[f"external/{site}/{name}"]
+            row[f"{site}_adabn_{name}"] = metrics[f"external/{site}/adabn_{name}"]
     return row
 
 
 def summarise(runs: pd.DataFrame, recipes: list[str]) -> pd.DataFrame:
     """Mean and sd over seeds per recipe (in ``recipes`` order) of every site's AUROC and accuracy."""
-    columns = ["val_auroc", *(f"{s}_{m}" for s in SITES for m in ("auroc", "accuracy"))]
+    columns = ["val_auroc", *(f"{s}_{m}" for s in SITES for m in ("auroc", "accuracy", "adabn_auroc", "adabn_accuracy"))]
+    runs = runs.reindex(columns=[*runs.columns, *(c for c in columns if c not in runs.columns)])  # older rows: no AdaBN
     grouped = runs.groupby("recipe")
     table = pd.DataFrame({"seeds": grouped["seed"].count(), "minutes": grouped["seconds"].mean() / 60})
     for column in columns:
@@ -121,6 +124,18 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     for site in SITES:
         out[f"{site} AUROC"] = [cell(r, f"{site}_auroc") for _, r in table.iterrows()]
         out[f"{site} acc."] = [cell(r, f"{site}_accuracy") for _, r in table.iterrows()]
+    return out
+
+
+def readable_adabn(table: pd.DataFrame) -> pd.DataFrame:
+    """The same model with each site's own BatchNorm statistics (prediction-time AdaBN), where measured."""
+    measured = table[table["strong_adabn_auroc_mean"].notna()]
+    out = pd.DataFrame({"recipe": measured["recipe"]})
+    for site in SITES:
+        for metric, label in (("auroc", "AUROC"), ("accuracy", "acc.")):
+            column = f"{site}_adabn_{metric}"
+            out[f"{site} AdaBN {label}"] = [f"{r[f'{column}_mean']:.3f}" + ("" if pd.isna(r[f"{column}_sd"]) else
+                                            f" ± {r[f'{column}_sd']:.3f}") for _, r in measured.iterrows()]
     return out
 
 
@@ -155,9 +170,12 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
     settings = (f"Data: {args.data}, {args.holdout_fraction:.0%} of patients held out (seed {args.holdout_seed}); "
                 f"commit(s) {', '.join(commits)}; run alone")
     recipes = "\n".join(f"- `{name}`: `{' '.join(RECIPES[name])}`" for name in table["recipe"] if name in RECIPES)
-    (out / f"{args.out_name}.md").write_text(f"Machine: {machine}. {settings}.\n\n{markdown_table(readable(table))}\n\n"
-                                             f"Recipes (on top of `+experiment=chest_xray`, 224 px unless set):\n"
-                                             f"{recipes}\n")
+    adabn = readable_adabn(table)
+    adabn_text = ("\n\nWith each site's own BatchNorm statistics (`evaluation.external_adabn`, as "
+                  f"`medtl.predict adaptation=adabn` at that site):\n\n{markdown_table(adabn)}") if len(adabn) else ""
+    (out / f"{args.out_name}.md").write_text(f"Machine: {machine}. {settings}.\n\n{markdown_table(readable(table))}"
+                                             f"{adabn_text}\n\nRecipes (on top of `+experiment=chest_xray`, 224 px "
+                                             f"unless set):\n{recipes}\n")
     (out / f"{args.out_name}.json").write_text(json.dumps({"machine": machine, "settings": settings,
                                                            "summary": table.to_dict("records")}, indent=2, default=float))
     plot(table, out / f"{args.out_name}.png")

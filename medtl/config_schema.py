@@ -206,6 +206,7 @@ class EvaluationSchema:
     target_sensitivity: float = 0.95
     tta: bool = False
     external: Dict[str, str] = field(default_factory=dict)
+    external_adabn: bool = False
 
 
 @dataclass

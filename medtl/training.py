@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import medtl
 from medtl.adaptation import AdaptationMethod, list_adaptations
+from medtl.adaptation.adabn import recompute_batchnorm_statistics
 from medtl.data import ImageClassificationData
 from medtl.data.domains import run_loaders
 from medtl.data.external import ExternalSet, read_external_sets
@@ -82,8 +83,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
         for site in external:  # other sites' labelled sets, at the same threshold
-            preds = trainer.predict(model, site.loader(data, model.encoder.weights_info), desc=site.split, tta=tta)
-            metrics.update(_log_external(tracker, evaluator.report(preds, report.threshold, site.split), site))
+            metrics.update(_evaluate_external(tracker, trainer, evaluator, model, data, site, report.threshold))
         if loaders.target_eval is not None:
             domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
                                      trainer.progress, cfg.seed)
@@ -173,12 +173,23 @@ def _log_held_out(tracker: MlflowTracker, report: EvaluationReport, data: ImageC
     return metrics
 
 
-def _log_external(tracker: MlflowTracker, report: EvaluationReport, site: ExternalSet) -> dict[str, float]:
-    """An external set's metrics (``external/<name>/*``, at the validation threshold), predictions and figures."""
+def _evaluate_external(tracker: MlflowTracker, trainer: Trainer, evaluator: Evaluator, model: TransferModel,
+                       data: ImageClassificationData, site: ExternalSet, threshold: float | None) -> dict[str, float]:
+    """An external set scored at the validation ``threshold``: metrics ``external/<name>/*``, predictions, figures;
+    with ``evaluation.external_adabn`` also ``external/<name>/adabn_*``, the model with BatchNorm statistics of the
+    set's own images (what ``medtl.predict ... adaptation=adabn`` does at that site; labels unused)."""
+    loader = site.loader(data, model.encoder.weights_info)
+    tta = data.pipeline.tta_views if evaluator.tta else None
+    report = evaluator.report(trainer.predict(model, loader, desc=site.split, tta=tta), threshold, site.split)
     metrics = {f"external/{site.name}/{k}": v for k, v in report.metrics.items()}
-    tracker.log_metrics(metrics)
     tracker.log_frame(site.case_table(report.predictions), predictions_file(site.split))
     tracker.log_figures(report.figures)
+    if evaluator.external_adabn:
+        adapted = recompute_batchnorm_statistics(model, loader, trainer.device, trainer.progress)
+        preds = trainer.predict(adapted, loader, desc=f"{site.split} (AdaBN)", tta=tta)
+        adabn = evaluator.report(preds, threshold, site.split).metrics
+        metrics.update({f"external/{site.name}/adabn_{k}": v for k, v in adabn.items()})
+    tracker.log_metrics(metrics)
     return metrics
 
 

@@ -125,9 +125,12 @@ def test_an_external_site_is_scored_at_the_validation_threshold(tiny_overrides: 
     write_manifest(site[["path", "label", "patient_id"]], tmp_path / "site_b.csv")
     overrides = [*tiny_overrides, "model.strategy=finetune", "model.frozen_stages=3", "trainer.max_epochs=1",
                  "trainer.linear_probe_first=true", "trainer.ema_decay=0.9", "data.augment.gamma=0.3",
-                 "data.augment.blur=1.0", f"+evaluation.external.site_b={tmp_path / 'site_b.csv'}"]
+                 "data.augment.blur=1.0", f"+evaluation.external.site_b={tmp_path / 'site_b.csv'}",
+                 "evaluation.external_adabn=true"]
     metrics = train(compose_config(overrides))
     assert {"external/site_b/auroc", "external/site_b/accuracy", "external/site_b/threshold"} <= set(metrics)
+    assert metrics["external/site_b/adabn_threshold"] == metrics["val/final_threshold"]
+    assert metrics["external/site_b/adabn_brier"] != metrics["external/site_b/brier"]  # other statistics, other scores
     assert metrics["external/site_b/threshold"] == metrics["val/final_threshold"]  # the source's operating point
     cfg = compose_config(overrides)
     mlflow.set_tracking_uri(cfg.tracking.uri)

@@ -30,13 +30,14 @@ class Evaluator:
         tta: average the final evaluation over flipped and shifted views (per-epoch validation stays plain).
         external: ``{name: manifest CSV or class tree}``: labelled sets of other sites, scored at the validation
             threshold after training (:mod:`medtl.data.external`).
+        external_adabn: score each external set a second time with BatchNorm statistics of its own images.
     """
 
     def __init__(self, classes: list[str], threshold: str = "youden", target_sensitivity: float = 0.95,
-                 tta: bool = False, external: dict[str, str] | None = None) -> None:
+                 tta: bool = False, external: dict[str, str] | None = None, external_adabn: bool = False) -> None:
         self.classes = [str(c) for c in classes]
         self.method, self.target_sensitivity, self.tta = threshold, target_sensitivity, tta
-        self.external = dict(external or {})
+        self.external, self.external_adabn = dict(external or {}), external_adabn
         self.binary = len(classes) == 2
 
     def metrics(self, preds: Predictions) -> dict[str, float]:

@@ -43,4 +43,5 @@ def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_
     table = (tmp_path / "smoke.md").read_text()
     assert "| recipe | seeds | minutes | val AUROC | heldout AUROC | heldout acc. |" in table
     assert "`lpft_frozen3`: `model.strategy=finetune model.frozen_stages=3" in table
+    assert "strong AdaBN AUROC" in table and all(0.0 <= r["strong_adabn_auroc"] <= 1.0 for r in runs)
     assert (tmp_path / "smoke.png").stat().st_size > 1000

