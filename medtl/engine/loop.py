@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medtl.adaptation.registry import AdaptationMethod, DomainBatch
-from medtl.engine.runtime import (autocast, current_memory_format, in_memory_format, memory_format_for, native_bfloat16, resolve_device,
-                                  to_memory_format)
+from medtl.engine.runtime import (autocast, current_memory_format, in_memory_format, memory_format_for,
+                                  native_bfloat16, resolve_device, to_memory_format)
 from medtl.engine.schedule import warmup_cosine_scheduler
 from medtl.engine.state import RunFolder, TrainingState, random_transforms
 from medtl.errors import MedtlError
