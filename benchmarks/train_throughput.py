@@ -83,10 +83,10 @@ def main() -> None:
         data.setup()
         for name in args.configs:
             rows += measure(data, size, name, args.batch_size, args.steps)
-    write_results(rows, Path(args.results_dir), torch.get_num_threads())
+    write_results(rows, Path(args.results_dir))
 
 
-def write_results(rows: list[dict], out: Path, threads: int) -> None:
+def write_results(rows: list[dict], out: Path) -> None:
     commit, machine = git_commit(HERE), machine_description()
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows},
@@ -94,7 +94,7 @@ def write_results(rows: list[dict], out: Path, threads: int) -> None:
     table = markdown_table(pd.DataFrame(rows).rename(columns={
         "image_size": "image size", "config": "configuration", "batch_size": "batch", "in_memory_img_s": "in-memory img/s",
         "pipeline_img_s": "pipeline img/s", "ratio_to_best_in_memory": "pipeline / best in-memory"}))
-    header = (f"Machine: {machine}, {threads} torch threads. Commit {commit}. EfficientNet-Lite0 finetune, the training "
+    header = (f"Machine: {machine}. Commit {commit}. EfficientNet-Lite0 finetune, the training "
               "loop's step (AdamW, gradient clipping), memory cache + augmentation.")
     (out / "train_throughput.md").write_text(header + "\n\n" + table + "\n")
 

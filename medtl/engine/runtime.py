@@ -30,7 +30,8 @@ def resolve_device(device: str) -> torch.device:
 def memory_format_for(model: nn.Module, setting: str = "auto") -> torch.memory_format:
     """The layout ``model`` runs in: ``channels_last`` (``(B, H, W, C)`` in memory) for 2D convolutional models
     under ``auto``, else contiguous. oneDNN and cuDNN convolve channels-last without layout conversions: EfficientNet-
-    Lite0's training step at 224 px on the 2-core CPU went from 9.8-13.6 to 14.2-19.9 images/s (batch 32 / 16).
+    Lite0's training step at 224 px, batch 32, on the 2-core CPU went from 10.2 to 13.3 images/s
+    (``benchmarks/train_throughput.py``).
     Models with 3D convolutions (``(B, C, X, Y, Z)`` kernels) stay contiguous: channels-last-3D was not measured."""
     if setting not in MEMORY_FORMATS:
         raise MedtlError(f"trainer.memory_format='{setting}' is unknown; use one of {list(MEMORY_FORMATS)}")
@@ -77,8 +78,9 @@ def to_memory_format(images: torch.Tensor, memory_format: torch.memory_format) -
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: CUDA with bf16 support, or a CPU with AMX tiles (Intel
-    Sapphire Rapids and later), where oneDNN's bfloat16 convolutions are fast. EfficientNet-Lite0 features at 224 px
-    on such a 2-core CPU: 58.5 vs 28.7 images/s in float32. Elsewhere emulated bfloat16 is not faster."""
+    Sapphire Rapids and later), where oneDNN's bfloat16 convolutions are fast; emulated bfloat16 elsewhere is not
+    expected to be. (A probe on this project's AMX CPU found bfloat16 features much faster; no repo benchmark
+    measures it yet.)"""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device.type == "cpu" and _cpu_has_amx() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
