@@ -47,6 +47,7 @@ class AugmentSchema:
     noise_std: float = 0.02
     gamma: float = 0.0
     blur: float = 0.0
+    clip_highlights: float = 0.0
 
 
 @dataclass

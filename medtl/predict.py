@@ -59,6 +59,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if adaptation not in ("none", "adabn"):
         raise MedtlError(f"adaptation={adaptation} is not available at prediction time; use none or adabn")
     model, card = load_model(str(cfg.model), cfg.tracking_uri, eager=adaptation == "adabn")
+    if adaptation == "adabn":
+        check_adaptable(card)
     frame, inventory = input_frame(str(cfg.input), card.pipeline())
     _report_inputs(inventory, Path(cfg.output))
     transform = card_transforms(card, max_pixels=int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
@@ -66,7 +68,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     loader = DataLoader(Dataset(items, transform), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     device = resolve_device(cfg.device)
     if adaptation == "adabn":
-        model = adapt_batchnorm(model, loader, device, cfg.progress)
+        model = adapt_batchnorm(model, loader, device, cfg.progress, card)
     preds = predict_loader(model, loader, device, progress=cfg.progress,
                            tta=card.pipeline().tta_views if cfg.tta else None)
     labels = list(frame["label"]) if "label" in frame.columns else None
@@ -76,14 +78,24 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return out
 
 
-def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device, progress: bool) -> torch.nn.Module:
-    """AdaBN at the new site: the model with its encoder BatchNorm statistics re-estimated on the inputs."""
+def check_adaptable(card: ModelCard) -> None:
+    """Stop with one line when the model has no BatchNorm statistics from its training images to re-estimate."""
+    if card.source_batchnorms is not None and not card.source_batchnorms:
+        raise MedtlError(f"adaptation=adabn: this model (strategy {card.strategy}) kept ImageNet BatchNorm "
+                         "statistics in every encoder layer, so AdaBN has nothing to re-estimate; use adaptation=none")
+
+
+def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device, progress: bool,
+                    card: ModelCard) -> torch.nn.Module:
+    """AdaBN at the new site: the model with the BatchNorm statistics it learnt on its training images (the
+    card's ``source_batchnorms``) re-estimated on the inputs."""
+    check_adaptable(card)
     count = len(loader.dataset)
     if count < MIN_ADABN_IMAGES:
         log.warning("adaptation=adabn: only %d input image(s); BatchNorm statistics from fewer than %d images "
                     "are noisy, predict a larger batch of the site's images at once", count, MIN_ADABN_IMAGES)
     log.info("adaptation=adabn: re-estimating BatchNorm statistics on %d input image(s)", count)
-    return recompute_batchnorm_statistics(model, loader, device, progress)
+    return recompute_batchnorm_statistics(model, loader, device, progress, card.source_batchnorms)
 
 
 def card_transforms(card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS, storage_dtype: type = np.float32) -> Any:

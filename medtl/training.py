@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import medtl
 from medtl.adaptation import AdaptationMethod, list_adaptations
-from medtl.adaptation.adabn import recompute_batchnorm_statistics
+from medtl.adaptation.adabn import recompute_batchnorm_statistics, source_statistics_batchnorms
 from medtl.data import ImageClassificationData
 from medtl.data.domains import run_loaders
 from medtl.data.external import ExternalSet, read_external_sets
@@ -184,8 +184,13 @@ def _evaluate_external(tracker: MlflowTracker, trainer: Trainer, evaluator: Eval
     metrics = {f"external/{site.name}/{k}": v for k, v in report.metrics.items()}
     tracker.log_frame(site.case_table(report.predictions), predictions_file(site.split))
     tracker.log_figures(report.figures)
-    if evaluator.external_adabn:
-        adapted = recompute_batchnorm_statistics(model, loader, trainer.device, trainer.progress)
+    adaptable = source_statistics_batchnorms(model) if evaluator.external_adabn else []
+    if evaluator.external_adabn and not adaptable:
+        log.warning("evaluation.external_adabn: every encoder BatchNorm layer kept its ImageNet statistics "
+                    "(model.strategy=%s); AdaBN has nothing to re-estimate, external/%s/adabn_* not logged",
+                    model.strategy.name, site.name)
+    if adaptable:
+        adapted = recompute_batchnorm_statistics(model, loader, trainer.device, trainer.progress, adaptable)
         preds = trainer.predict(adapted, loader, desc=f"{site.split} (AdaBN)", tta=tta)
         adabn = evaluator.report(preds, threshold, site.split).metrics
         metrics.update({f"external/{site.name}/adabn_{k}": v for k, v in adabn.items()})
@@ -226,7 +231,7 @@ def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationD
     return ModelCard(classes=tuple(data.classes), threshold=report.threshold, preprocessing=preprocessing,
                      architecture=architecture, strategy=model.strategy.name, adaptation=str(cfg.adaptation.method),
                      encoder_weights=weights.source, data_root=data.source_root.name if data.source_root else "",
-                     medtl_release=medtl.__version__)
+                     medtl_release=medtl.__version__, source_batchnorms=tuple(source_statistics_batchnorms(model)))
 
 
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:

@@ -18,9 +18,11 @@ from monai.transforms import (
     RandAffined,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandScaleIntensityd,
     Resized,
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
+    ThresholdIntensityd,
 )
 
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
@@ -43,9 +45,11 @@ class IntensityConfig:
 class AugmentConfig:
     """Training-time augmentation; ``prob=0`` turns it off.
 
-    ``gamma`` and ``blur`` imitate another site's acquisition and processing (off at 0): a contrast curve
-    ``x ** gamma`` with gamma in ``[1 / (1 + gamma), 1 + gamma]``, and a Gaussian blur of up to ``blur`` pixels at
-    the training size, each applied with probability ``prob`` before the affine move and the noise."""
+    ``gamma``, ``blur`` and ``clip_highlights`` imitate another site's acquisition and processing (off at 0): a
+    contrast curve ``x ** gamma`` with gamma in ``[1 / (1 + gamma), 1 + gamma]``; a Gaussian blur of up to
+    ``blur`` pixels at the training size; a narrower display window that saturates the densest parts,
+    ``min(1, x * (1 + c))`` with ``c`` up to ``clip_highlights`` (the top ``c / (1 + c)`` of the range turns
+    white). Each is applied with probability ``prob`` before the affine move and the noise."""
 
     prob: float = 0.8
     rotate_deg: float = 10.0
@@ -54,6 +58,7 @@ class AugmentConfig:
     noise_std: float = 0.02
     gamma: float = 0.0
     blur: float = 0.0
+    clip_highlights: float = 0.0
 
 
 def deterministic_transforms(image_size: int, intensity: IntensityConfig,
@@ -89,8 +94,11 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
 
 
 def _acquisition_augment(augment: AugmentConfig) -> list:
-    """Contrast curve and blur on the ``(1, S, S)`` image in [0, 1], when configured."""
+    """Contrast curve, blur and highlight clipping on the ``(1, S, S)`` image in [0, 1], when configured."""
     steps: list = []
+    if augment.clip_highlights > 0:
+        steps += [RandScaleIntensityd(IMAGE, factors=(0.0, augment.clip_highlights), prob=augment.prob),
+                  ThresholdIntensityd(IMAGE, threshold=1.0, above=False, cval=1.0)]  # values above 1 -> 1
     if augment.gamma > 0:
         steps.append(RandAdjustContrastd(IMAGE, prob=augment.prob, gamma=(1.0 / (1.0 + augment.gamma),
                                                                           1.0 + augment.gamma)))

@@ -68,6 +68,9 @@ class ModelCard:
         strategy, adaptation: how the encoder was adapted (``finetune``, ``mmd``...).
         encoder_weights: where the pretrained weights came from (``imagenet:<file>``, ``random``).
         data_root: the name (last part) of the training data's folder, for the reviewer; never a full path.
+        source_batchnorms: the encoder BatchNorm layers whose statistics were estimated on the training images,
+            the ones AdaBN re-estimates at a new site; ``None`` on cards written before medtl recorded them
+            (then every encoder BatchNorm layer).
         medtl_release: the medtl version that wrote the card.
     """
 
@@ -80,6 +83,7 @@ class ModelCard:
     encoder_weights: str = ""
     data_root: str = ""
     medtl_release: str = ""
+    source_batchnorms: tuple[str, ...] | None = None
     version: int = field(default=CARD_VERSION)
 
     @property
@@ -95,6 +99,8 @@ class ModelCard:
         card = asdict(self)
         card[VERSION_KEY] = card.pop("version")
         card["classes"] = list(self.classes)
+        if self.source_batchnorms is not None:
+            card["source_batchnorms"] = list(self.source_batchnorms)
         return card
 
     @classmethod
@@ -118,7 +124,8 @@ class ModelCard:
                            meta["architecture"].get("input_shape", ()))}), strategy=str(meta["strategy"]),
                        adaptation=str(meta.get("adaptation", "none")),
                        encoder_weights=str(meta.get("encoder_weights", "")), data_root=str(meta.get("data_root", "")),
-                       medtl_release=str(meta.get("medtl_release", "")), version=CARD_VERSION)
+                       medtl_release=str(meta.get("medtl_release", "")),
+                       source_batchnorms=_optional_names(meta.get("source_batchnorms")), version=CARD_VERSION)
         except (KeyError, TypeError) as exc:
             raise MedtlError(f"model '{source}' has a damaged model card ({type(exc).__name__}: {exc}); "
                              "re-log the model with medtl.train") from exc
@@ -135,6 +142,14 @@ class ModelCard:
         if self.preprocessing.pipeline:
             return pipeline_from_card(dict(self.preprocessing.pipeline), "the model card")
         return RadiographPipeline.from_preprocessing(self.preprocessing)
+
+
+def _optional_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"source_batchnorms must be a list of layer names, not {type(value).__name__}")
+    return tuple(str(v) for v in value)
 
 
 def _from_version_1(meta: dict[str, Any]) -> dict[str, Any]:

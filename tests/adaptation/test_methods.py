@@ -6,13 +6,18 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from medtl.adaptation import DomainBatch, build_adaptation
-from medtl.adaptation.adabn import recompute_batchnorm_statistics
+from medtl.adaptation.adabn import recompute_batchnorm_statistics, source_statistics_batchnorms
 from medtl.adaptation.discrepancy import coral_loss, multi_kernel_mmd
 from medtl.adaptation.entropy import prediction_entropy
 from medtl.adaptation.gradient_reversal import reverse_gradient, warm_start_coefficient
+from medtl.errors import MedtlError
 from medtl.models import build_classifier
+from medtl.models.card import ModelCard
+from medtl.predict import check_adaptable
+from tests.models.test_card import example as example_card
 
 
 @pytest.mark.parametrize("coefficient", [0.0, 0.3, 1.0, 2.5])
@@ -86,3 +91,59 @@ def test_adabn_changes_batchnorm_running_statistics_and_nothing_else() -> None:
                                                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     first_bn = next(m for m in adapted.encoder.modules() if isinstance(m, nn.BatchNorm2d))
     assert first_bn.num_batches_tracked.item() == 3
+
+
+def _two_class_site(generator: torch.Generator) -> list[dict]:
+    """Six batches of 4, sorted by class as a class-per-folder tree is read: dark then bright images."""
+    dark = [{"image": 0.2 + 0.1 * torch.randn(4, 1, 32, 32, generator=generator)} for _ in range(3)]
+    return dark + [{"image": 1.5 + 0.3 * torch.randn(4, 1, 32, 32, generator=generator)} for _ in range(3)]
+
+
+def test_adabn_mixes_a_class_sorted_site_so_the_variance_spans_both_classes() -> None:
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32).eval()
+    images = torch.cat([b["image"] for b in _two_class_site(torch.Generator().manual_seed(0))])  # (24, 1, 32, 32)
+    sorted_site = DataLoader([{"image": image} for image in images], batch_size=4)  # one class per batch
+    seen: list[torch.Tensor] = []
+    name, first_bn = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    hook = first_bn.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(images)  # nothing before the first BatchNorm depends on statistics
+    hook.remove()
+    pooled = seen[0].var((0, 2, 3))  # the first BatchNorm's input over the whole site: (C,)
+    in_order = recompute_batchnorm_statistics(model, list(sorted_site), torch.device("cpu"), progress=False)
+    shuffled = recompute_batchnorm_statistics(model, sorted_site, torch.device("cpu"), progress=False)
+    again = recompute_batchnorm_statistics(model, sorted_site, torch.device("cpu"), progress=False)
+    ratio = {key: (dict(adapted.named_modules())[name].running_var / pooled).median().item()
+             for key, adapted in (("in order", in_order), ("shuffled", shuffled))}
+    assert ratio["in order"] < 0.5, ratio  # one-class batches miss the spread between the classes
+    assert 0.75 < ratio["shuffled"] < 1.25, ratio
+    assert all(torch.equal(a, b) for a, b in zip(shuffled.state_dict().values(), again.state_dict().values()))
+
+
+def test_adabn_reestimates_only_layers_that_learnt_source_statistics() -> None:
+    probe = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32).eval()
+    assert source_statistics_batchnorms(probe) == [] and not probe.training  # the mode is put back
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32,
+                             frozen_stages=3).eval()
+    names = source_statistics_batchnorms(model)
+    all_bn = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    frozen = {n for stage in model.encoder.stage_modules()[:3] for module in stage
+              for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and any(m is x for x in module.modules())}
+    assert names and frozen and set(names) == set(all_bn) - frozen
+    adapted = recompute_batchnorm_statistics(model, _two_class_site(torch.Generator().manual_seed(1)),
+                                             torch.device("cpu"), progress=False, names=names)
+    before, after = dict(model.named_buffers()), dict(adapted.named_buffers())
+    changed = {k.rsplit(".", 1)[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set(names)
+    with pytest.raises(MedtlError, match="'encoder.nope' named for AdaBN is not in the model's encoder"):
+        recompute_batchnorm_statistics(model, [], torch.device("cpu"), names=["encoder.nope"])
+
+
+def test_predict_refuses_adabn_for_a_model_with_nothing_to_reestimate() -> None:
+    import dataclasses
+
+    check_adaptable(example_card())
+    check_adaptable(dataclasses.replace(example_card(), source_batchnorms=None))  # an older card: every layer
+    probe: ModelCard = dataclasses.replace(example_card(), strategy="linear_probe", source_batchnorms=())
+    with pytest.raises(MedtlError, match="strategy linear_probe.*nothing to re-estimate; use adaptation=none"):
+        check_adaptable(probe)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import RandAdjustContrastd, RandGaussianSmoothd
+from monai.transforms import RandAdjustContrastd, RandGaussianSmoothd, RandScaleIntensityd
 from PIL import Image
 
 from medtl.data.pipelines import RadiographPipeline
@@ -43,3 +43,19 @@ def test_acquisition_augmentation_is_off_by_default_and_changes_contrast_and_sha
     edges = lambda x: (x[..., 4:-4, 5:-4] - x[..., 4:-4, 4:-5]).abs().sum()  # noqa: E731 (inside the border)
     assert edges(blurred) < 0.9 * edges(untouched)
     assert torch.equal(_augmented(path, 3, gamma=0.5, blur=2.0), _augmented(path, 3, gamma=0.5, blur=2.0))  # seeded
+
+
+def test_highlight_clipping_saturates_the_brightest_part_and_keeps_the_rest_linear(tmp_path: Path) -> None:
+    path = _radiograph(tmp_path)
+    untouched = _augmented(path, 0)
+    clipped = torch.stack([_augmented(path, seed, clip_highlights=0.5) for seed in range(8)])  # (8, 1, 32, 32)
+    top = untouched.max()
+    assert torch.all(clipped <= top + 1e-5)  # nothing brighter than white
+    saturated = [(c >= top - 1e-5).float().mean().item() for c in clipped]
+    assert max(saturated) > 2 * (untouched >= top - 1e-5).float().mean().item()  # more of the image turns white
+    span = top - untouched.min()
+    low = (untouched > untouched.min() + 0.05 * span) & (untouched < untouched.min() + 0.3 * span)  # dark: scales
+    factor = (clipped[:, low] - untouched.min()) / (untouched[low] - untouched.min())  # (8, n) one factor per image
+    assert factor.std(dim=1).max() < 0.05 and factor.mean() > 1.0
+    assert not any(isinstance(t, RandScaleIntensityd)
+                   for t in RadiographPipeline(image_size=32).train_transforms(WEIGHTS).transforms)

@@ -1,6 +1,7 @@
 """The model card: typed, versioned, round-trips through MLflow metadata, refuses what it cannot read."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,11 +15,16 @@ def example() -> ModelCard:
                      preprocessing=Preprocessing(224, 1, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0, 99.0, "window", "first"),
                      architecture=Architecture("efficientnet_lite0", 2, 1, "sum", 224), strategy="finetune",
                      adaptation="mmd", encoder_weights="imagenet:lite0.pth", data_root="chest_xray_kermany",
-                     medtl_release="0.1.0")
+                     medtl_release="0.1.0", source_batchnorms=("encoder.bn1", "encoder.blocks.0.0.bn1"))
 
 
 def test_round_trip_through_json() -> None:
     card = example()
+    assert ModelCard.from_dict(json.loads(json.dumps(dataclasses.replace(card, source_batchnorms=()).to_dict())),
+                               "m").source_batchnorms == ()
+    without = card.to_dict()
+    del without["source_batchnorms"]  # a card written before the field: AdaBN falls back to every layer
+    assert ModelCard.from_dict(without, "m").source_batchnorms is None
     meta = json.loads(json.dumps(card.to_dict()))
     assert meta["medtl_version"] == CARD_VERSION
     assert ModelCard.from_dict(meta, "models:/m-1") == card
@@ -40,6 +46,7 @@ def test_version_1_metadata_is_read() -> None:
     ({"medtl_version": CARD_VERSION + 1}, "upgrade medtl"),
     ({}, "no medtl model card"),
     ({"medtl_version": CARD_VERSION, "classes": ["a", "b"]}, "damaged model card"),
+    ({**example().to_dict(), "source_batchnorms": "encoder.bn1"}, "damaged model card.*list of layer names"),
 ])
 def test_cards_it_cannot_read_are_refused_by_name(meta: dict, message: str) -> None:
     with pytest.raises(MedtlError, match=message) as error:
