@@ -172,6 +172,7 @@ class TrainerSchema:
     memory_format: str = choices("auto", "channels_last", "contiguous", default="auto")
     linear_probe_first: bool = False
     ema_decay: Optional[float] = None
+    interpolate_probe: Optional[float] = None
 
 
 @dataclass

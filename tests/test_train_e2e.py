@@ -145,3 +145,6 @@ def test_an_external_site_is_scored_at_the_validation_threshold(tiny_overrides: 
     (tmp_path / "unlabelled.csv").write_text(f"path,patient_id\n{site['path'][0]},p1\n")
     with pytest.raises(Exception, match="evaluation.external.other=.* 1 image.s. have no label"):
         train(compose_config([*tiny_overrides, f"+evaluation.external.other={tmp_path / 'unlabelled.csv'}"]))
+    write_manifest(rows[["path", "label", "patient_id"]], tmp_path / "training_images.csv")
+    with pytest.raises(Exception, match="evaluation.external.same: 24 of its 24 images are also training or valid"):
+        train(compose_config([*tiny_overrides, f"+evaluation.external.same={tmp_path / 'training_images.csv'}"]))

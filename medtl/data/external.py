@@ -6,6 +6,7 @@ point at a hospital it has not seen. Predictions leave the run pseudonymised lik
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from medtl.models.registry import WeightsInfo
 __all__ = ["ExternalSet", "read_external_sets"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,10 +73,30 @@ def read_external_sets(paths: Mapping[str, str] | None, data: ImageClassificatio
         frame = read_target_frame(str(path), data.patient_id_patterns, Inventory(), data.pipeline.scan_folder)
         frame = apply_label_map(frame, data.label_map, "data.label_map")
         _check_labels(frame, data.classes, key, str(path))
+        _check_disjoint(frame, data.frame, key)
         folder = Path(str(path)).expanduser().resolve()
         sets.append(ExternalSet(str(name), frame.reset_index(drop=True),
                                 folder.parent if folder.suffix.lower() == ".csv" else folder, data.patient_id_patterns))
     return sets
+
+
+def _check_disjoint(frame: pd.DataFrame, source: pd.DataFrame | None, key: str) -> None:
+    """Stop when the set holds the source's own files; warn when it shares patient ids with the source (ids from
+    ``data.patient_id_patterns`` may coincide between hospitals, so the user decides)."""
+    if source is None:
+        return
+    shared = _resolved(frame["path"]) & _resolved(source["path"])
+    if shared:
+        raise MedtlError(f"{key}: {len(shared)} of its {len(frame)} images are also training or validation images; "
+                         "an external set must hold other patients' images: remove them from one of the two")
+    patients = set(frame["patient_id"].dropna().astype(str)) & set(source["patient_id"].dropna().astype(str))
+    if patients:
+        log.warning("%s: %d patient id(s) also occur in the training data; if they are the same patients the external "
+                    "figures overstate, hold those patients out of training", key, len(patients))
+
+
+def _resolved(paths: pd.Series) -> set[str]:
+    return {str(Path(p).resolve()) for p in paths}
 
 
 def _check_labels(frame: pd.DataFrame, classes: list[str], key: str, path: str) -> None:

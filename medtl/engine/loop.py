@@ -170,6 +170,9 @@ class Trainer:
             settings), then fine-tune everything from that head (LP-FT, Kumar et al. 2022).
         ema_decay: keep an exponential moving average of the weights (BatchNorm statistics too), updated every
             step; it is what validation scores and what the run keeps. ``None``: off.
+        interpolate_probe: with ``linear_probe_first``, the run keeps ``probe + a * (finetuned - probe)`` of every
+            weight and BatchNorm statistic (WiSE-FT, Wortsman et al. 2022): 1 is the fine-tuned model, 0 the
+            probe's; ``None``: off.
         checkpoint_dir: where each run gets its own folder (``<checkpoint_dir>/<run id>/``) with ``last.pt``
             (the whole :class:`TrainingState`, written after every epoch) and ``best.pt``.
         keep_checkpoints: folders of finished runs kept (the most recent); older ones are deleted.
@@ -182,7 +185,8 @@ class Trainer:
                  num_threads: int | None = None, max_steps_per_epoch: int | None = None,
                  progress: bool = True, features: dict | None = None, checkpoint_dir: str = "outputs/checkpoints",
                  keep_checkpoints: int = 3, resume: str | None = None, memory_format: str = "auto",
-                 linear_probe_first: bool = False, ema_decay: float | None = None) -> None:
+                 linear_probe_first: bool = False, ema_decay: float | None = None,
+                 interpolate_probe: float | None = None) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
         self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
         self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
@@ -196,6 +200,10 @@ class Trainer:
             raise MedtlError(f"trainer.ema_decay={ema_decay} must be in (0, 1) (0.99: about the last 100 steps), "
                              "or null for no weight averaging")
         self.ema_decay = ema_decay
+        if interpolate_probe is not None and not (linear_probe_first and 0.0 <= interpolate_probe <= 1.0):
+            raise MedtlError(f"trainer.interpolate_probe={interpolate_probe} needs trainer.linear_probe_first=true and a "
+                             "value in [0, 1] (1: the fine-tuned weights, 0: the probe's), or null for none")
+        self.interpolate_probe = interpolate_probe
         self.run_folder: RunFolder | None = None
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -219,10 +227,11 @@ class Trainer:
                 best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end,
                                                   resume)
             else:
-                if self.linear_probe_first and model.strategy.train_encoder and resume is None:
-                    self._probe_head_first(model, train_loader, val_loader, score, monitor, on_epoch_end)
+                anchor = self._probe_first(model, train_loader, val_loader, score, monitor, on_epoch_end, resume)
                 best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
-                                      self.max_epochs, self.patience, target=target, resume=resume)
+                                      self.max_epochs, self.patience, target=target, resume=resume, anchor=anchor)
+                if anchor and self.interpolate_probe is not None:
+                    best = self._interpolate(model, anchor, best)
         best.seconds = time.perf_counter() - start
         return best
 
@@ -265,6 +274,30 @@ class Trainer:
                               int(self.features.get("epochs", 100)), int(self.features.get("patience", 15)),
                               save_best=False, resume=resume, save=save)
 
+    def _probe_first(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
+                     score: Callable[[Predictions], dict[str, float]], monitor: str,
+                     on_epoch_end: EpochCallback | None, resume: TrainingState | None) -> dict[str, torch.Tensor]:
+        """With ``linear_probe_first`` on a trainable encoder: the probe step, and its weights (the anchor of
+        ``interpolate_probe``; a resumed run's from its state); else ``{}``."""
+        if not (self.linear_probe_first and model.strategy.train_encoder):
+            return {}
+        if resume is not None:
+            return resume.anchor
+        self._probe_head_first(model, train_loader, val_loader, score, monitor, on_epoch_end)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _interpolate(self, model: TransferModel, anchor: dict[str, torch.Tensor], best: FitResult) -> FitResult:
+        """WiSE-FT: ``model`` and ``best.best_state`` become ``anchor + a * (best - anchor)`` (integer buffers,
+        such as BatchNorm's batch count, are the fine-tuned ones)."""
+        alpha = float(self.interpolate_probe)
+        mixed = {k: anchor[k].to(v) + alpha * (v - anchor[k].to(v)) if v.is_floating_point() else v
+                 for k, v in best.best_state.items()}
+        model.load_state_dict(mixed)
+        best.best_state = copy.deepcopy(model.state_dict())
+        self._save(RunFolder.BEST, best.best_state)
+        log.info("kept the probe's weights + %.2f x (fine-tuned - probe's) (trainer.interpolate_probe)", alpha)
+        return best
+
     def _probe_head_first(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                           score: Callable[[Predictions], dict[str, float]], monitor: str,
                           on_epoch_end: EpochCallback | None) -> None:
@@ -285,12 +318,13 @@ class Trainer:
     def _fit_loop(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
                   max_epochs: int, patience: int, save_best: bool = True,
-                  target: TargetStream | None = None, resume: TrainingState | None = None, save: bool = True) -> FitResult:
+                  target: TargetStream | None = None, resume: TrainingState | None = None, save: bool = True,
+                  anchor: dict[str, torch.Tensor] | None = None) -> FitResult:
         model.to(self.device)
         optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target)
         transforms = random_transforms(getattr(getattr(train_loader, "dataset", None), "transform", None))
         averaged = self._averaged(model) if save_best else None  # the encoder trains: weight averaging applies
-        state = resume or TrainingState()
+        state = resume or TrainingState(anchor=dict(anchor or {}))
         if resume is not None:
             self._restore(state, model, optimizer, scheduler, target, transforms, averaged)
         for epoch in range(state.epoch, max_epochs if not state.done else state.epoch):

@@ -83,6 +83,7 @@ class TrainingState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     adaptation: dict[str, torch.Tensor] = field(default_factory=dict)
     averaged: dict[str, torch.Tensor] = field(default_factory=dict)  # trainer.ema_decay: the weights' average
+    anchor: dict[str, torch.Tensor] = field(default_factory=dict)  # trainer.interpolate_probe: the probe's weights
     rng: dict[str, Any] = field(default_factory=dict)
     done: bool = False
 

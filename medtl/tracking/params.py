@@ -30,7 +30,7 @@ ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.earl
                     "data.augment.clip_highlights",
                     "trainer.ema_decay")
 FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every", "model.frozen_stages",
-            "trainer.linear_probe_first")  # pretrained encoder
+            "trainer.linear_probe_first", "trainer.interpolate_probe")  # pretrained encoder
 HEAD_ON_FEATURES = ("trainer.features.epochs", "trainer.features.patience", "trainer.features.batch_size")
 ADAPTATION = ("adaptation.weight", "adaptation.entropy_weight", "data.target_eval_fraction")
 DEMO = ("data.demo.n_patients", "data.demo.image_size", "data.demo.seed")

@@ -204,3 +204,26 @@ def test_weight_average_is_what_validation_scores_and_the_run_keeps(tmp_path: Pa
     assert torch.equal(model.state_dict()[key], result.best_state[key])  # the model ends as the kept average
     with pytest.raises(MedtlError, match=r"trainer.ema_decay=1.5 must be in \(0, 1\)"):
         Trainer(partial(torch.optim.AdamW), ema_decay=1.5)
+
+
+def test_interpolate_probe_keeps_the_weights_between_the_probe_and_the_finetuned_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, frozen_stages=3)
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=2, progress=False, device="cpu",
+                      linear_probe_first=True, interpolate_probe=0.25,
+                      features={"epochs": 2, "patience": 2, "dtype": "float32"})
+    trainer.run_folder = RunFolder(tmp_path)
+    result = trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5})
+    state = torch.load(tmp_path / RunFolder.LAST, weights_only=True)
+    probe, finetuned = state["anchor"], state["best_state"]  # the probe's weights and the best fine-tuned epoch
+    kept = model.state_dict()
+    for key in ("encoder.head.1.weight", "encoder.net._blocks.6.0._depthwise_conv.weight",
+                "encoder.net._blocks.6.0._bn1.running_var"):
+        assert not torch.equal(probe[key], finetuned[key]), key  # both the head and the encoder moved
+        assert torch.allclose(kept[key], probe[key] + 0.25 * (finetuned[key] - probe[key]), atol=1e-6), key
+    assert torch.equal(kept["encoder.net._conv_stem.weight"], probe["encoder.net._conv_stem.weight"])  # frozen
+    assert torch.equal(result.best_state["encoder.head.1.weight"], kept["encoder.head.1.weight"])
+    assert torch.equal(torch.load(tmp_path / RunFolder.BEST, weights_only=True)["encoder.head.1.weight"],
+                       kept["encoder.head.1.weight"])
+    with pytest.raises(MedtlError, match=r"trainer.interpolate_probe=0.5 needs trainer.linear_probe_first=true"):
+        Trainer(partial(torch.optim.AdamW), interpolate_probe=0.5)
