@@ -217,8 +217,8 @@ def test_interpolate_probe_keeps_the_weights_between_the_probe_and_the_finetuned
     state = torch.load(tmp_path / RunFolder.LAST, weights_only=True)
     probe, finetuned = state["anchor"], state["best_state"]  # the probe's weights and the best fine-tuned epoch
     kept = model.state_dict()
-    for key in ("encoder.head.1.weight", "encoder.net._blocks.6.0._depthwise_conv.weight",
-                "encoder.net._blocks.6.0._bn1.running_var"):
+    for key in ("encoder.head.1.weight", "encoder.net._blocks.5.11._depthwise_conv.weight",
+                "encoder.net._blocks.5.11._bn1.running_var"):
         assert not torch.equal(probe[key], finetuned[key]), key  # both the head and the encoder moved
         assert torch.allclose(kept[key], probe[key] + 0.25 * (finetuned[key] - probe[key]), atol=1e-6), key
     assert torch.equal(kept["encoder.net._conv_stem.weight"], probe["encoder.net._conv_stem.weight"])  # frozen
