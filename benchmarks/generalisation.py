@@ -194,6 +194,13 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
     plot(table, out / f"{args.out_name}.png")
 
 
+def write_runs(runs: list[dict], path: Path) -> None:
+    """The runs file, one JSON row per run, replaced atomically."""
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    partial.replace(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany" / "train"))
@@ -206,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the runs file")
+    parser.add_argument("--redo-adabn", action="store_true",
+                        help="run again (and replace) the chosen runs whose AdaBN figures predate ADABN_RULE")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -216,14 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         sites = build_sites(Path(args.data), Path(args.work_dir).expanduser() / f"holdout{args.holdout_seed}",
                             args.holdout_fraction, args.holdout_seed)
-        done = {(r["recipe"], r["seed"]) for r in runs}
+        done = {(r["recipe"], r["seed"]) for r in runs if not (args.redo_adabn and r.get("adabn_rule") != ADABN_RULE)}
         for seed in args.seeds:
             for recipe in (r for r in args.recipes if (r, seed) not in done):
                 row = {**one_run(recipe, seed, sites, args.tracking_uri, args.overrides), "commit": git_commit(HERE),
                        "overrides": args.overrides}
-                with runs_file.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-                runs.append(row)
+                runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, seed)] + [row]
+                write_runs(runs, runs_file)
                 write_results(runs, args, out)
                 print(json.dumps(row), flush=True)
     if runs:

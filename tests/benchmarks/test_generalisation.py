@@ -50,3 +50,9 @@ def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_
     assert "strong AdaBN AUROC" in table and 0.0 <= runs[1]["strong_adabn_auroc"] <= 1.0
     assert runs[0]["strong_adabn_auroc"] is None  # a linear probe kept ImageNet statistics: nothing to adapt
     assert (tmp_path / "smoke.png").stat().st_size > 1000
+    older = [{k: v for k, v in r.items() if k != "adabn_rule"} if r["recipe"] == "lpft_frozen3" else r for r in runs]
+    module.write_runs(older, tmp_path / "smoke_runs.jsonl")  # as if lpft_frozen3's AdaBN were of an earlier rule
+    module.main([*args, "--redo-adabn"])
+    redone = [json.loads(line) for line in (tmp_path / "smoke_runs.jsonl").read_text().splitlines()]
+    assert [r["recipe"] for r in redone] == ["linear_probe", "lpft_frozen3"]  # replaced, not appended
+    assert redone[0] == runs[0] and redone[1]["adabn_rule"] == module.ADABN_RULE  # only the stale run ran again
