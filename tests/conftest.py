@@ -65,6 +65,7 @@ def tiny_overrides(tmp_path: Path, demo_cache: Path) -> list[str]:
     """Overrides that make a chest_xray run take seconds: tiny images, two epochs, tmp MLflow store."""
     return [
         "+experiment=chest_xray",
+        "model.strategy=linear_probe",  # seconds: the head on cached features (the recipe is tested on its own)
         *small_demo_overrides(demo_cache),
         "data.image_size=64",
         "data.batch_size=16",

@@ -70,3 +70,14 @@ def test_optuna_search_composes_and_judges_domain_adaptation_on_the_target(exper
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
     assert "trainer.lr" in cfg.hydra.sweeper.params
     assert cfg.optimized_metric == ("target/auroc" if experiment.endswith("_da") else "val/best_auroc")
+
+
+def test_chest_xray_default_is_the_generalisation_benchmarks_recipe() -> None:
+    from tests.benchmarks import load_benchmark
+
+    cfg = compose_config(["+experiment=chest_xray"])
+    model, trainer = instantiate(cfg.model, num_classes=2), instantiate(cfg.trainer)
+    assert model.strategy.name == "finetune" and model.frozen_stages == 3
+    assert trainer.linear_probe_first and trainer.max_epochs == 3 and cfg.evaluation.external_adabn
+    recipe = load_benchmark("generalisation").RECIPES["lpft_frozen3"]
+    assert compose_config(["+experiment=chest_xray", *recipe]) == cfg  # the measured recipe is the default

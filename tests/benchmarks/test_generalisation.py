@@ -12,7 +12,7 @@ from tests.benchmarks import load_benchmark
 
 def test_summary_is_mean_and_sd_over_seeds_in_recipe_order() -> None:
     module = load_benchmark("generalisation")
-    rows = [{"recipe": recipe, "seed": seed, "seconds": 60.0 * (seed + 1), "val_auroc": 0.99,
+    rows = [{"recipe": recipe, "seed": seed, "seconds": 60.0 * (seed + 1), "train_seconds": 30.0, "val_auroc": 0.99,
              **{f"{site}_{m}": value + 0.02 * seed for site in module.SITES for m in ("auroc", "accuracy")}}
             for recipe, value in (("b", 0.90), ("a", 0.80)) for seed in (0, 1)]
     table = module.summarise(pd.DataFrame(rows), ["b", "a"])
@@ -25,6 +25,7 @@ def test_summary_is_mean_and_sd_over_seeds_in_recipe_order() -> None:
     rows[1].update(strong_adabn_auroc=0.7)  # measured under an earlier AdaBN rule: left out
     table = module.summarise(pd.DataFrame(rows), ["b", "a"])
     assert table.loc[0, "strong_adabn_auroc_mean"] == pytest.approx(0.5) and table.loc[0, "strong_auroc_mean"] > 0.9
+    assert list(table["adabn_seeds"]) == [1, 0] and table.loc[0, "train_minutes"] == pytest.approx(0.5)
 
 
 def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_manifest: Path) -> None:
@@ -45,7 +46,7 @@ def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_
     module.main(args)  # everything is done: nothing runs again
     assert len((tmp_path / "smoke_runs.jsonl").read_text().splitlines()) == 2
     table = (tmp_path / "smoke.md").read_text()
-    assert "| recipe | seeds | minutes | val AUROC | heldout AUROC | heldout acc. |" in table
+    assert "| recipe | seeds | minutes | training min | val AUROC | heldout AUROC | heldout acc. |" in table
     assert "`lpft_frozen3`: `model.strategy=finetune model.frozen_stages=3" in table
     assert "strong AdaBN AUROC" in table and 0.0 <= runs[1]["strong_adabn_auroc"] <= 1.0
     assert runs[0]["strong_adabn_auroc"] is None  # a linear probe kept ImageNet statistics: nothing to adapt
