@@ -105,7 +105,8 @@ def whole_runs(folder: Path, work: Path, timeout: float) -> list[dict]:
     rows.append({"stage": "data check (tree)", "input": f"{entries} files", "outcome": check["outcome"],
                  "matched": check.get("exit") == 1 and f"found={entries}," in check.get("stdout", "")})
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    trained = run([sys.executable, "-m", "medtl.train", "+experiment=chest_xray", f"data.root={tree}",
+    trained = run([sys.executable, "-m", "medtl.train", "+experiment=chest_xray", "model.strategy=linear_probe",
+                   f"data.root={tree}",
                    "data.on_error=skip", "data.image_size=32", "trainer.features.epochs=2", "trainer.progress=false",
                    f"tracking.uri={uri}"], work, timeout)
     rows.append({"stage": "train (tree, on_error=skip)", "input": f"{entries} files", "outcome": trained["outcome"],

@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 STRATEGIES = {
     "scratch": ["model.strategy=scratch", "trainer.lr=1e-3"],
     "linear_probe": ["model.strategy=linear_probe", "trainer.lr=3e-3"],
-    "finetune": ["model.strategy=finetune", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3"],
+    "finetune": ["model.strategy=finetune", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3",
+                 "model.frozen_stages=0", "trainer.linear_probe_first=false"],  # as measured, before the recipe
 }
 
 

@@ -29,7 +29,8 @@ STRATEGY_OVERRIDES = {
                      "trainer.features.cache=false"],
     # The default linear probe: images encoded once, the head trained for up to 100 epochs on the features.
     "linear_probe_features": ["model.strategy=linear_probe", "trainer.lr=3e-3"],
-    "finetune": ["model.strategy=finetune", "trainer.max_epochs=4", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3"],
+    "finetune": ["model.strategy=finetune", "trainer.max_epochs=4", "trainer.lr=1e-3", "model.encoder_lr_mult=0.3",
+                 "model.frozen_stages=0", "trainer.linear_probe_first=false"],  # as measured, before the recipe
     "scratch": ["model.strategy=scratch", "trainer.max_epochs=4", "trainer.lr=1e-3"],
 }
 

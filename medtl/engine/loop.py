@@ -279,8 +279,8 @@ class Trainer:
                      on_epoch_end: EpochCallback | None, resume: TrainingState | None) -> dict[str, torch.Tensor]:
         """With ``linear_probe_first`` on a trainable encoder: the probe step, and its weights (the anchor of
         ``interpolate_probe``; a resumed run's from its state); else ``{}``."""
-        if not (self.linear_probe_first and model.strategy.train_encoder):
-            return {}
+        if not (self.linear_probe_first and model.strategy.train_encoder and model.strategy.pretrained):
+            return {}  # a probe on random features (scratch) would teach the head nothing
         if resume is not None:
             return resume.anchor
         self._probe_head_first(model, train_loader, val_loader, score, monitor, on_epoch_end)

@@ -4,7 +4,8 @@
 ``finetune``: pretrained encoder and head learn; the encoder at a lower learning rate. With ``frozen_stages``
 the first stages keep their ImageNet weights and BatchNorm statistics: no backward pass runs through them.
 ``scratch``: the same architecture from a random initialisation, all layers at one rate: the
-baseline that shows what pretraining buys.
+baseline that shows what pretraining buys (``frozen_stages`` and ``linear_probe_first`` do not apply: nothing
+pretrained to keep or to probe).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class TransferModel(nn.Module):
         self.strategy = strategy
         self.encoder_lr_mult = encoder_lr_mult if strategy.discriminative_lr else 1.0
         self.freeze_bn = bn == "freeze" and strategy.train_encoder
-        self.frozen_stages = frozen_stages if strategy.train_encoder else 0
+        self.frozen_stages = frozen_stages if strategy.train_encoder and strategy.pretrained else 0
         for parameter in encoder.encoder_parameters():
             parameter.requires_grad_(strategy.train_encoder)
         for module in self._encoder_batchnorms() if self.freeze_bn else []:

@@ -227,3 +227,16 @@ def test_interpolate_probe_keeps_the_weights_between_the_probe_and_the_finetuned
                        kept["encoder.head.1.weight"])
     with pytest.raises(MedtlError, match=r"trainer.interpolate_probe=0.5 needs trainer.linear_probe_first=true"):
         Trainer(partial(torch.optim.AdamW), interpolate_probe=0.5)
+
+
+def test_scratch_freezes_nothing_and_probes_nothing_under_the_recipes_settings() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "scratch", num_classes=2, weights=None, image_size=32,
+                             frozen_stages=3)
+    assert model.frozen_stages == 0 and all(p.requires_grad for p in model.parameters())
+    logged: list[dict] = []
+    trainer = Trainer(partial(torch.optim.AdamW), lr=1e-2, max_epochs=1, progress=False, device="cpu",
+                      linear_probe_first=True, features={"epochs": 2, "patience": 2, "dtype": "float32"})
+    trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5},
+                on_epoch_end=lambda metrics, epoch: logged.append(metrics))
+    assert len(logged) == 1 and not any(k.startswith("probe/") for k in logged[0])  # no probe on random features

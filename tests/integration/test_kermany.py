@@ -26,7 +26,8 @@ def test_kermany_split_is_by_patient() -> None:
 
 
 def test_linear_probe_on_300_real_images_reaches_auroc_085(tmp_path: Path) -> None:
-    cfg = compose_config(["+experiment=chest_xray", f"data.root={KERMANY}", "data.max_images=300",
+    cfg = compose_config(["+experiment=chest_xray", "model.strategy=linear_probe", f"data.root={KERMANY}",
+                          "data.max_images=300",
                           "data.image_size=128", "trainer.max_epochs=8", "trainer.lr=3e-3", "trainer.progress=false",
                           f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.log_model=false"])
     metrics = train(cfg)

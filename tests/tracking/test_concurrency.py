@@ -13,7 +13,8 @@ from tests.conftest import small_demo_overrides
 def test_two_runs_started_together_on_a_new_store_both_finish_apart(tmp_path: Path, demo_cache: Path,
                                                                     demo_manifest: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [sys.executable, "-m", "medtl.train", "+experiment=chest_xray", *small_demo_overrides(demo_cache),
+    args = [sys.executable, "-m", "medtl.train", "+experiment=chest_xray", "model.strategy=linear_probe",
+            *small_demo_overrides(demo_cache),
             "data.image_size=32", "data.check=false", "trainer.features.epochs=2", "trainer.progress=false",
             "tracking.log_model=false", f"tracking.uri={uri}"]
     processes = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

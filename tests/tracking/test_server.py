@@ -76,7 +76,8 @@ def test_two_processes_log_to_the_server_at_once_and_lose_nothing(server: tuple[
     uri, _ = server
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("another")  # MLflow exports MLFLOW_EXPERIMENT_ID: the children inherit it
-    args = [sys.executable, "-m", "medtl.train", "+experiment=chest_xray", *small_demo_overrides(demo_cache),
+    args = [sys.executable, "-m", "medtl.train", "+experiment=chest_xray", "model.strategy=linear_probe",
+            *small_demo_overrides(demo_cache),
             "data.image_size=32", "data.check=false", "trainer.features.epochs=4", "trainer.progress=false",
             "tracking=server", f"tracking.uri={uri}", "tracking.experiment=team_concurrent",
             "tracking.log_model=false"]
