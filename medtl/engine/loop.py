@@ -277,13 +277,15 @@ class Trainer:
     def _probe_first(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                      score: Callable[[Predictions], dict[str, float]], monitor: str,
                      on_epoch_end: EpochCallback | None, resume: TrainingState | None) -> dict[str, torch.Tensor]:
-        """With ``linear_probe_first`` on a trainable encoder: the probe step, and its weights (the anchor of
-        ``interpolate_probe``; a resumed run's from its state); else ``{}``."""
+        """With ``linear_probe_first`` on a pretrained encoder that trains: the probe step; returns its weights when
+        ``interpolate_probe`` needs them as the anchor (a resumed run's come from its state), else ``{}``."""
         if not (self.linear_probe_first and model.strategy.train_encoder and model.strategy.pretrained):
             return {}  # a probe on random features (scratch) would teach the head nothing
         if resume is not None:
             return resume.anchor
         self._probe_head_first(model, train_loader, val_loader, score, monitor, on_epoch_end)
+        if self.interpolate_probe is None:
+            return {}  # no anchor to keep in every checkpoint
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def _interpolate(self, model: TransferModel, anchor: dict[str, torch.Tensor], best: FitResult) -> FitResult:

@@ -179,6 +179,7 @@ def test_linear_probe_first_trains_the_head_on_features_then_finetunes_from_it(t
     assert [e for m, e in logged if "val/auroc" in m] == [0]  # then one finetune epoch under the usual names
     state = torch.load(tmp_path / RunFolder.LAST, weights_only=True)
     assert state["epoch"] == 1 and "encoder.net._conv_stem.weight" in state["model"]  # the finetune's state only
+    assert state["anchor"] == {}  # the probe's weights are kept only for trainer.interpolate_probe
 
 
 def test_weight_average_is_what_validation_scores_and_the_run_keeps(tmp_path: Path) -> None:
