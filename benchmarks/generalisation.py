@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for recipe in (r for r in args.recipes if (r, seed) not in done):
                 row = {**one_run(recipe, seed, sites, args.tracking_uri, args.overrides), "commit": git_commit(HERE),
-                       "overrides": args.overrides}
+                       "machine": machine_description(), "overrides": args.overrides}
                 runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, seed)] + [row]
                 write_runs(runs, runs_file)
                 write_results(runs, args, out)

@@ -25,10 +25,24 @@ def git_commit(path: str | Path) -> str:
 
 
 def machine_description() -> str:
-    """``x86_64, 2 CPU cores, torch 2.13.0+cpu, 2 threads`` (plus the GPU's name when CUDA is there)."""
+    """``x86_64 (AMD EPYC), 2 CPU cores, torch 2.13.0+cpu, 2 threads`` (plus the GPU's name when CUDA is there).
+
+    The CPU's model matters to figures: oneDNN picks other kernels, and bfloat16 paths run only where native."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads{gpu}")
+    model = cpu_model()
+    return (f"{platform.machine()}{f' ({model})' if model else ''}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``, else ``""``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def markdown_table(table: pd.DataFrame) -> str:

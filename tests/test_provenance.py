@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtl.provenance import git_commit, machine_description, markdown_table
+from medtl.provenance import cpu_model, git_commit, machine_description, markdown_table
 
 
 def test_git_commit_names_the_commit_and_marks_uncommitted_changes(tmp_path: Path) -> None:
@@ -26,5 +26,7 @@ def test_git_commit_names_the_commit_and_marks_uncommitted_changes(tmp_path: Pat
 
 def test_machine_and_markdown() -> None:
     assert "CPU cores, torch" in machine_description()
+    if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
+        assert f"({cpu_model()})" in machine_description() and cpu_model()
     table = markdown_table(pd.DataFrame({"method": ["none"], "auroc": [0.91234], "seeds": [3]}))
     assert table.splitlines() == ["| method | auroc | seeds |", "|---|---|---|", "| none | 0.912 | 3 |"]

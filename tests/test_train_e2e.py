@@ -81,8 +81,10 @@ def test_predict_with_the_logged_model(trained_run: dict, demo_manifest: Path, t
     assert (merged["pred_val"] == merged["pred_pred"]).all()  # the model's stored validation threshold
 
 
-def test_training_is_deterministic_when_seeded(tiny_overrides: list[str]) -> None:
-    overrides = [*tiny_overrides, "trainer.max_epochs=1", "tracking.log_model=false"]
+@pytest.mark.parametrize("strategy", ["linear_probe", "finetune"])  # finetune: the recipe (LP-FT, frozen stages)
+def test_training_is_deterministic_when_seeded(tiny_overrides: list[str], strategy: str) -> None:
+    overrides = [*tiny_overrides, f"model.strategy={strategy}", "trainer.max_epochs=1", "trainer.max_steps_per_epoch=3",
+                 "tracking.log_model=false"]
     first, second = (train(compose_config(overrides)) for _ in range(2))
     assert first.pop("train/seconds") > 0 and second.pop("train/seconds") > 0  # wall time is not seeded
     assert first == pytest.approx(second)
