@@ -35,7 +35,8 @@ def logged_model(tmp_path_factory: pytest.TempPathFactory, demo_cache: Path) -> 
     tmp = tmp_path_factory.mktemp("model")
     cfg = compose_config(["+experiment=chest_xray", *small_demo_overrides(demo_cache), "data.image_size=32",
                           "data.cache_workers=1", "trainer.features.epochs=2", "trainer.progress=false",
-                          "data.check=false", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"])
+                          "data.check=false", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+                          f"trainer.checkpoint_dir={tmp / 'ck'}"])  # a module fixture runs before the chdir to tmp
     train(cfg)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run = mlflow.search_runs(experiment_names=["chest_xray"], output_format="list")[0]
