@@ -202,9 +202,9 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
 
 def write_runs(runs: list[dict], path: Path) -> None:
     """The runs file, one JSON row per run, replaced atomically."""
-    partial = path.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in runs))
-    partial.replace(path)
+    from medtl.atomic import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in runs))
 
 
 def main(argv: list[str] | None = None) -> None:
