@@ -74,7 +74,7 @@ class DataSchema:
     train_subset_seed: int = 0
     image_size: int = 224
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: Any = 0  # a count or auto (checked by the data module)
     cache: str = choices("memory", "disk", "none", default="memory")
     cache_dir: str = "~/.cache/medtl/images"
     cache_workers: int = 2
@@ -173,6 +173,7 @@ class TrainerSchema:
     linear_probe_first: bool = False
     ema_decay: Optional[float] = None
     interpolate_probe: Optional[float] = None
+    distributed: bool = False
 
 
 @dataclass

@@ -28,6 +28,7 @@ from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
 from medtl.tracking.mlflow_tracker import check_server
 from medtl.tracking.artifacts import predictions_file
+from medtl.tracking.replica import ReplicaTracker
 from medtl.tracking.run_info import model_card as model_card_text, run_description, run_inputs, run_tags
 
 __all__ = ["run_training", "resume_point", "final_validation", "model_card"]
@@ -45,23 +46,23 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     With ``trainer.resume`` the run continues from its folder's ``last.pt``, in its own MLflow run."""
     cfg, folder, resumed = resume_point(cfg)
     _check_names(cfg)
-    tracker: MlflowTracker = instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None)
-    check_server(tracker.uri)  # an unreachable tracking server stops the run here, before any data is read
+    trainer: Trainer = instantiate(cfg.trainer)  # joins torchrun's process group under trainer=ddp
+    runtime = trainer.runtime
+    tracker = _tracker(cfg, runtime.is_main, folder)
     set_determinism(seed=cfg.seed)
     data: ImageClassificationData = instantiate(cfg.data)
     data.setup()
-    check = data.run_checks()
+    check = data.run_checks(runtime.on_main(data.inspect))  # read once, by rank 0
     model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes),
                                        input_shape=list(data.pipeline.input_shape))
     adaptation: AdaptationMethod = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
-    trainer: Trainer = instantiate(cfg.trainer)
     loaders = run_loaders(data, model.encoder.weights_info, not trainer.trains_on_features(model, adaptation),
                           adaptation.method_name, adaptation.needs_target, adaptation.trains_on_target_labels)
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
     external = read_external_sets(evaluator.external, data)  # read before training: a bad set stops the run now
 
     with tracker:
-        trainer.run_folder = _open_run_folder(cfg, tracker, folder)
+        trainer.run_folder = _open_run_folder(cfg, tracker, folder) if runtime.is_main else None
         if resumed is None:
             tracker.log_config(cfg, trains_on_features=trainer.trains_on_features(model, adaptation))
             tracker.log_metrics({f"data/{k}": v for k, v in data.summary().items()})
@@ -92,10 +93,22 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         example = data.pipeline.input_example(model.encoder.weights_info.in_channels)
         model_uri = tracker.log_model(model, example, model_card(cfg, model, data, report).to_dict())
         registered = tracker.register(model_uri, _card(cfg, data, report, final, check))
-        trainer.run_folder.finish()
-    prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
-    _print_summary(metrics, tracker.run_id, registered or model_uri)
+        if trainer.run_folder is not None:
+            trainer.run_folder.finish()
+    if runtime.is_main:
+        prune_finished_runs(trainer.run_folder.path.parent, cfg.trainer.keep_checkpoints)
+        _print_summary(metrics, tracker.run_id, registered or model_uri)
+    runtime.close()
     return metrics
+
+
+def _tracker(cfg: DictConfig, is_main: bool, folder: RunFolder | None) -> MlflowTracker | ReplicaTracker:
+    """Rank 0's MLflow run (its server checked now, before any data is read); the other ranks track nothing."""
+    if not is_main:
+        return ReplicaTracker(str(cfg.tracking.uri))
+    tracker: MlflowTracker = instantiate(cfg.tracking, resume_run_id=folder.info()["run_id"] if folder else None)
+    check_server(tracker.uri)
+    return tracker
 
 
 def final_validation(metrics: dict[str, float]) -> dict[str, float]:

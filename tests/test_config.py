@@ -81,3 +81,11 @@ def test_chest_xray_default_is_the_generalisation_benchmarks_recipe() -> None:
     assert trainer.linear_probe_first and trainer.max_epochs == 3 and cfg.evaluation.external_adabn
     recipe = load_benchmark("generalisation").RECIPES["lpft_frozen3"]
     assert compose_config(["+experiment=chest_xray", *recipe]) == cfg  # the measured recipe is the default
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_trainer_ddp_keeps_each_experiments_trainer_settings(experiment: str) -> None:
+    single = compose_config([f"+experiment={experiment}"]).trainer
+    ddp = compose_config([f"+experiment={experiment}", "trainer=ddp"]).trainer
+    assert ddp.distributed is True and single.distributed is False
+    assert {**ddp, "distributed": False} == {**single}

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 from medtl.engine.metrics import auroc
 from medtl.errors import MedtlError, exit_on_user_error
 
-__all__ = ["ImageFacts", "CheckReport", "inspect_image", "check_frame", "main"]
+__all__ = ["ImageFacts", "CheckReport", "inspect_image", "check_frame", "near_hash_pairs", "main"]
 
 SHORTCUT_WARNING_AUROC = 0.8
 HASH_SIDE = 16  # difference hash of a 16 x 17 area-averaged thumbnail: 256 bits
@@ -127,7 +127,7 @@ def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe
     facts = [read[p] for p in frame["path"]]
     good = [i for i, f in enumerate(facts) if f.readable]
     exact = _group_by(frame, facts, good, key=lambda f: f.pixel_hash)
-    near = _near_duplicate_pairs(frame, facts, good)
+    near = _near_duplicate_pairs(frame, facts, good, progress)
     leaks = _split_leaks(frame, exact)
     problems = _problems(frame, facts, leaks) + _row_problems(frame, exact)
     shortcut = _shortcut_probe(frame.iloc[good], [facts[i] for i in good]) if probe else None
@@ -211,19 +211,45 @@ def _group_by(frame: pd.DataFrame, facts: list[ImageFacts], rows: list[int], key
     return [paths for paths in groups.values() if len(paths) > 1]
 
 
-def _near_duplicate_pairs(frame: pd.DataFrame, facts: list[ImageFacts], rows: list[int]) -> list[list[str]]:
-    """Pairs whose difference hashes differ in at most NEAR_DUPLICATE_BITS bits (exact duplicates excluded)."""
+def _near_duplicate_pairs(frame: pd.DataFrame, facts: list[ImageFacts], rows: list[int],
+                          progress: bool = False) -> list[list[str]]:
+    """Pairs whose difference hashes differ in at most NEAR_DUPLICATE_BITS bits (exact duplicates excluded), in
+    row order."""
     if len(rows) < 2:
         return []
-    bits = np.array([np.unpackbits(np.frombuffer(bytes.fromhex(facts[i].dhash), np.uint8)) for i in rows],
-                    dtype=bool)  # (N, 256)
-    pairs = []
-    for a in range(len(rows) - 1):
-        distance = (bits[a + 1:] != bits[a]).sum(axis=1)  # (N - a - 1,)
-        for b in np.flatnonzero(distance <= NEAR_DUPLICATE_BITS) + a + 1:
-            if facts[rows[a]].pixel_hash != facts[rows[b]].pixel_hash:
-                pairs.append([frame.at[rows[a], "path"], frame.at[rows[b], "path"]])
-    return pairs
+    hashes = np.array([np.frombuffer(bytes.fromhex(facts[i].dhash), np.uint8) for i in rows])  # (N, 32)
+    pairs = near_hash_pairs(hashes, NEAR_DUPLICATE_BITS, progress)
+    return [[frame.at[rows[a], "path"], frame.at[rows[b], "path"]] for a, b in pairs
+            if facts[rows[a]].pixel_hash != facts[rows[b]].pixel_hash]
+
+
+def near_hash_pairs(hashes: np.ndarray, max_distance: int, progress: bool = False) -> list[tuple[int, int]]:
+    """Index pairs ``(a, b)``, ``a < b``, sorted, of packed bit strings ``hashes`` ``(N, bytes)`` within Hamming
+    distance ``max_distance``: multi-index hashing (Norouzi et al. 2012). Cut every hash into ``max_distance + 1``
+    pieces; two hashes that differ in at most ``max_distance`` bits agree exactly on at least one piece, so only
+    hashes sharing a piece are compared. Time about linear in N for hashes of distinct images, instead of N^2 / 2
+    comparisons (the 5,216 Kermany hashes: 13.6 million)."""
+    bits = np.unpackbits(hashes, axis=1)  # (N, 8 * bytes)
+    found: set[tuple[int, int]] = set()
+    pieces = np.array_split(np.arange(bits.shape[1]), max_distance + 1)
+    for piece in tqdm(pieces, desc="data check: near duplicates", unit="piece", disable=not progress):
+        keys = bits[:, piece] @ (1 << np.arange(len(piece), dtype=np.int64))  # (N,) the piece as an integer
+        order = np.argsort(keys, kind="stable")
+        starts = np.flatnonzero(np.diff(keys[order], prepend=-1))  # first index of each run of equal keys
+        for group in np.split(order, starts[1:]):
+            if len(group) > 1:
+                found.update(_close_pairs(hashes, np.sort(group), max_distance))
+    return sorted(found)
+
+
+def _close_pairs(packed: np.ndarray, group: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
+    """Pairs of the rows ``group`` (ascending) of ``packed`` ``(N, bytes)`` within ``max_distance`` bits."""
+    close = []
+    for position, a in enumerate(group[:-1]):
+        others = group[position + 1:]
+        distance = np.bitwise_count(packed[others] ^ packed[a]).sum(axis=1)  # (len(others),)
+        close.extend((int(a), int(b)) for b in others[distance <= max_distance])
+    return close
 
 
 def _split_leaks(frame: pd.DataFrame, duplicate_groups: list[list[str]]) -> list[str]:

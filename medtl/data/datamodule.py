@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 import pandas as pd
 from monai.data import CacheDataset, DataLoader, Dataset
 
-from medtl.data.cache import CheckedPersistentDataset
+from medtl.data.cache import CheckedPersistentDataset, refuse_if_memory_short
 from medtl.data.inventory import REFUSED, Inventory
 from medtl.data.manifest import read_manifest, scan_tree
 from medtl.data.pseudonym import CaseNames
@@ -59,7 +60,7 @@ class ImageClassificationData:
                  demo_dir: str = "~/.cache/medtl/demo", positive_class: str | None = None,
                  patient_id_patterns: Sequence[str] = (), val_fraction: float = 0.2, split_seed: int = 0,
                  max_images: int | None = None, image_size: int = 224, batch_size: int = 32,
-                 num_workers: int = 0, cache: str = "memory", cache_dir: str = "~/.cache/medtl/images",
+                 num_workers: int | str = 0, cache: str = "memory", cache_dir: str = "~/.cache/medtl/images",
                  cache_workers: int = 2,
                  intensity: dict | None = None, augment: dict | None = None, dicom: dict | None = None,
                  check: bool = True, on_error: str = "raise", train_fraction: float = 1.0,
@@ -70,7 +71,7 @@ class ImageClassificationData:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
-        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, loader_workers(num_workers)
         if cache not in ("memory", "disk", "none"):
             raise MedtlError(f"data.cache='{cache}' is unknown; use memory, disk or none")
         self.cache, self.cache_dir, self.cache_workers = cache, cache_dir, cache_workers
@@ -174,28 +175,36 @@ class ImageClassificationData:
         table = predictions.join(facts, on="path")
         return self.case_names().frame(table)
 
-    def run_checks(self) -> CheckReport | None:
-        """Read every image once (``medtl.data.check``) and apply ``on_error`` to unreadable ones.
+    def run_checks(self, report: CheckReport | None = None) -> CheckReport | None:
+        """Read every image once (``medtl.data.check``; or take ``report``, the check another process ran on the
+        same data) and apply ``on_error`` to unreadable ones.
 
         ``raise`` stops at unreadable images with one line naming the first; ``skip`` drops them and
         keeps them in ``self.skipped``. Returns the report, or ``None`` when ``check`` is off.
         """
+        report = self.inspect() if report is None else report
+        if report is None or not report.unreadable:
+            return report
+        unreadable = pd.DataFrame(report.unreadable).assign(status="unreadable")
+        self.skipped = pd.concat([self.skipped, unreadable], ignore_index=True)
+        log.warning("skipping %d unreadable image(s); listed in skipped_files.csv", len(unreadable))
+        frame = self._require_setup()
+        self.frame = frame[~frame["path"].isin(unreadable["path"])].reset_index(drop=True)
+        self.classes = class_order(self.frame.loc[self.frame["split"] == "train", "label"], self.positive_class)
+        _check_val_labels(self.frame, self.classes)
+        return report
+
+    def inspect(self) -> CheckReport | None:
+        """The data check's report (problems and warnings logged); one line naming the first unreadable image
+        under ``on_error=raise``; ``None`` when ``check`` is off."""
         if not self.check:
             return None
         from medtl.data.check import check_frame  # imported here: ``python -m medtl.data.check`` runs that module
 
-        frame = self._require_setup()
-        report, _ = check_frame(frame, progress=True, inventory=self.inventory, pipeline=self.pipeline)
+        report, _ = check_frame(self._require_setup(), progress=True, inventory=self.inventory, pipeline=self.pipeline)
         if report.unreadable and self.on_error == "raise":
             raise MedtlError(f"{len(report.unreadable)} unreadable image(s), first: {report.unreadable[0]['reason']} "
                              "(or set data.on_error=skip to train without them)")
-        if report.unreadable:
-            unreadable = pd.DataFrame(report.unreadable).assign(status="unreadable")
-            self.skipped = pd.concat([self.skipped, unreadable], ignore_index=True)
-            log.warning("skipping %d unreadable image(s); listed in skipped_files.csv", len(unreadable))
-            self.frame = frame[~frame["path"].isin(unreadable["path"])].reset_index(drop=True)
-            self.classes = class_order(self.frame.loc[self.frame["split"] == "train", "label"], self.positive_class)
-            _check_val_labels(self.frame, self.classes)
         for message in report.problems + report.warnings:
             log.warning("data check: %s", message)
         return report
@@ -237,7 +246,9 @@ class ImageClassificationData:
         return self.pipeline.eval_transforms(weights, storage)
 
     def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+        """Batches of ``dataset``; on a CUDA machine in pinned memory, so copies to the GPU overlap compute."""
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
 
     def items(self, split: str, frame: pd.DataFrame | None = None) -> list[dict[str, Any]]:
         """Dataset items of ``split`` of ``frame`` (the source by default):
@@ -257,6 +268,7 @@ class ImageClassificationData:
         if self.cache == "disk":
             return self._persistent(items, transform, weights)
         try:
+            refuse_if_memory_short(split, items, transform)
             return CacheDataset(items, transform, cache_rate=1.0, num_workers=self.cache_workers, progress=True)
         except Exception as exc:  # MONAI wraps transform errors; surface the user error it carries
             user_error = find_user_error(exc)
@@ -281,6 +293,16 @@ class ImageClassificationData:
         if self.frame is None:
             raise RuntimeError("call setup() before using the data")
         return self.frame
+
+
+def loader_workers(setting: int | str) -> int:
+    """``data.num_workers``: a count, or ``auto``: none on a machine without CUDA (on the 2-core CPU, workers
+    compete with the model for the cores), else one per spare core up to 8, so the GPU is not left waiting."""
+    if setting == "auto":
+        return 0 if not torch.cuda.is_available() else max(0, min(8, (os.cpu_count() or 1) - 1))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise MedtlError(f"data.num_workers={setting!r} must be a count >= 0 or auto")
+    return setting
 
 
 def source_folder(root: str | None, manifest: str | None, frame: pd.DataFrame) -> Path:

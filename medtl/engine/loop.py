@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medtl.adaptation.registry import AdaptationMethod, DomainBatch
+from medtl.engine.distributed import Runtime, interleave
 from medtl.engine.runtime import (autocast, current_memory_format, in_memory_format, memory_format_for,
                                   native_bfloat16, resolve_device, to_memory_format)
 from medtl.engine.schedule import warmup_cosine_scheduler
@@ -37,6 +38,12 @@ class Predictions:
     probs: np.ndarray
     labels: np.ndarray
     paths: list[str]
+
+    @staticmethod
+    def interleaved(parts: list[Predictions]) -> Predictions:
+        """The predictions of :meth:`Runtime.shard`'s shards, in the loader's order."""
+        return Predictions(interleave([p.probs for p in parts]), interleave([p.labels for p in parts]),
+                           interleave([p.paths for p in parts]))
 
 
 @dataclass
@@ -92,8 +99,11 @@ class TargetStream:
         self._batches = self._endless()
 
     def _endless(self):  # type: ignore[no-untyped-def]
+        passes = 0
         while True:  # re-iterating (not itertools.cycle) draws fresh augmentations and shuffles each pass
+            Runtime.set_epoch(self.loader, passes)
             yield from self.loader
+            passes += 1
 
     def next_images(self, device: torch.device,
                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
@@ -126,6 +136,12 @@ class FeatureSet(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.features[index], "label": int(self.labels[index]), "path": self.paths[index]}
+
+    @staticmethod
+    def interleaved(parts: list[FeatureSet]) -> FeatureSet:
+        """The features of :meth:`Runtime.shard`'s shards, in the loader's order."""
+        return FeatureSet(interleave([p.features for p in parts]), interleave([p.labels for p in parts]),
+                          interleave([p.paths for p in parts]))
 
 
 @torch.no_grad()
@@ -177,6 +193,8 @@ class Trainer:
             (the whole :class:`TrainingState`, written after every epoch) and ``best.pt``.
         keep_checkpoints: folders of finished runs kept (the most recent); older ones are deleted.
         resume: a run folder or MLflow run id to continue (read by ``medtl.train``, not here).
+        distributed: one of the processes ``torchrun`` started (``trainer=ddp``): train on this rank's shard with
+            gradients averaged over the ranks, predict shards and gather them (:mod:`medtl.engine.distributed`).
     """
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr: float = 1e-3, max_epochs: int = 15,
@@ -186,13 +204,14 @@ class Trainer:
                  progress: bool = True, features: dict | None = None, checkpoint_dir: str = "outputs/checkpoints",
                  keep_checkpoints: int = 3, resume: str | None = None, memory_format: str = "auto",
                  linear_probe_first: bool = False, ema_decay: float | None = None,
-                 interpolate_probe: float | None = None) -> None:
+                 interpolate_probe: float | None = None, distributed: bool = False) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
         self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
         self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
-        self.device = resolve_device(device)
+        self.runtime = Runtime.from_environment(device, distributed)
+        self.device = self.runtime.device
         self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
-        self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
+        self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress and self.runtime.is_main
         self.features = dict(features or {})
         self.checkpoint_dir, self.keep_checkpoints, self.resume = checkpoint_dir, keep_checkpoints, resume
         self.memory_format, self.linear_probe_first = memory_format, linear_probe_first
@@ -228,8 +247,9 @@ class Trainer:
                                                   resume)
             else:
                 anchor = self._probe_first(model, train_loader, val_loader, score, monitor, on_epoch_end, resume)
-                best = self._fit_loop(model, train_loader, val_loader, score, monitor, on_epoch_end,
-                                      self.max_epochs, self.patience, target=target, resume=resume, anchor=anchor)
+                shard = self.runtime.train_loader(train_loader, seed=torch.initial_seed() % 2**31)
+                best = self._fit_loop(model, shard, val_loader, score, monitor, on_epoch_end, self.max_epochs,
+                                      self.patience, target=target, resume=resume, anchor=anchor, data_parallel=True)
                 if anchor and self.interpolate_probe is not None:
                     best = self._interpolate(model, anchor, best)
         best.seconds = time.perf_counter() - start
@@ -240,8 +260,7 @@ class Trainer:
         needs_target = adaptation is not None and adaptation.needs_target
         return bool(self.features.get("cache", False)) and not model.strategy.train_encoder and not needs_target
 
-    @staticmethod
-    def _target_stream(model: TransferModel, adaptation: AdaptationMethod | None,
+    def _target_stream(self, model: TransferModel, adaptation: AdaptationMethod | None,
                        target_loader: DataLoader | None) -> TargetStream | None:
         if adaptation is None or not adaptation.needs_target:
             return None
@@ -251,7 +270,7 @@ class Trainer:
                              "freezes; use model.strategy=finetune")
         if target_loader is None:
             raise MedtlError(f"adaptation={name} needs target images; set data.target (or use an *_da experiment)")
-        return TargetStream(adaptation, target_loader)
+        return TargetStream(adaptation, self.runtime.train_loader(target_loader, seed=torch.initial_seed() % 2**31))
 
     def _fit_head_on_features(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                               score: Callable[[Predictions], dict[str, float]], monitor: str,
@@ -265,9 +284,8 @@ class Trainer:
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
                   resume: TrainingState | None = None, save: bool = True) -> FitResult:
         """Encode both loaders once with the encoder as it is (eval mode) and train ``model``'s head on the features."""
-        bfloat16, layout = self._features_in_bfloat16(), current_memory_format(model)
-        train_set = encode_features(model, train_loader, self.device, self.progress, "encoding train", bfloat16, layout)
-        val_set = encode_features(model, val_loader, self.device, self.progress, "encoding val", bfloat16, layout)
+        train_set = self._encode(model, train_loader, "encoding train")
+        val_set = self._encode(model, val_loader, "encoding val")
         batch_size = int(self.features.get("batch_size", 256))
         return self._fit_loop(HeadOnly(model.encoder.head), DataLoader(train_set, batch_size=batch_size, shuffle=True),
                               DataLoader(val_set, batch_size=batch_size), score, monitor, on_epoch_end,
@@ -311,6 +329,12 @@ class Trainer:
         log.info("linear probe first: head trained %d epochs on frozen features, val/%s=%.4f; fine-tuning from it",
                  len(probe.history), monitor, probe.best_score)
 
+    def _encode(self, model: TransferModel, loader: DataLoader, desc: str) -> FeatureSet:
+        """:func:`encode_features` of every item of ``loader``, each rank encoding its shard."""
+        bfloat16, layout = self._features_in_bfloat16(), current_memory_format(model)
+        part = encode_features(model, self.runtime.shard(loader), self.device, self.progress, desc, bfloat16, layout)
+        return self.runtime.gather(part, FeatureSet.interleaved)
+
     def _features_in_bfloat16(self) -> bool:
         dtype = str(self.features.get("dtype", "auto"))
         if dtype not in ("auto", "float32", "bfloat16"):
@@ -321,7 +345,10 @@ class Trainer:
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
                   max_epochs: int, patience: int, save_best: bool = True,
                   target: TargetStream | None = None, resume: TrainingState | None = None, save: bool = True,
-                  anchor: dict[str, torch.Tensor] | None = None) -> FitResult:
+                  anchor: dict[str, torch.Tensor] | None = None, data_parallel: bool = False) -> FitResult:
+        """Epochs of :meth:`_train_epoch` and validation, with early stopping and checkpoints. ``data_parallel``:
+        ``train_loader`` is this rank's shard and ``model`` trains in the runtime's wrapper (a head on features
+        that every rank holds whole trains alike everywhere, unwrapped)."""
         model.to(self.device)
         optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target)
         transforms = random_transforms(getattr(getattr(train_loader, "dataset", None), "transform", None))
@@ -332,7 +359,9 @@ class Trainer:
         for epoch in range(state.epoch, max_epochs if not state.done else state.epoch):
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
-            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target, averaged)
+            self.runtime.set_epoch(train_loader, epoch)
+            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target, averaged,
+                                        data_parallel)
             scored = averaged.module if averaged is not None else model
             val = self.predict(scored, val_loader)
             metrics.update({f"val/{k}": v for k, v in score(val).items()})
@@ -399,16 +428,21 @@ class Trainer:
         """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
         layout = memory_format_for(model, self.memory_format)
         with in_memory_format(model.to(self.device), layout):
-            return predict_loader(model, loader, self.device, amp=self.amp, progress=self.progress, desc=desc,
-                                  tta=tta, memory_format=layout)
+            part = predict_loader(model, self.runtime.shard(loader), self.device, amp=self.amp,
+                                  progress=self.progress, desc=desc, tta=tta, memory_format=layout)
+        return self.runtime.gather(part, Predictions.interleaved)
 
     def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int,
                      target: TargetStream | None = None,
-                     averaged: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, float]:
-        """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second,
-        data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics."""
-        model.train()
+                     averaged: torch.optim.swa_utils.AveragedModel | None = None,
+                     data_parallel: bool = False) -> dict[str, float]:
+        """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second on this
+        rank, data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics.
+        ``model`` is wrapped for data parallelism here, after ``on_epoch_start`` chose what trains."""
+        layout = current_memory_format(model)
+        wrapped = self.runtime.wrap(model) if data_parallel else model
+        wrapped.train()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         losses: list[float] = []
         adaptation_losses: list[float] = []
@@ -417,10 +451,13 @@ class Trainer:
         for step, batch in enumerate(bar):
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
                 break
-            task_loss, adaptation_loss = self._loss(model, batch, target, (epoch * steps + step) / (max_epochs * steps))
+            fraction = (epoch * steps + step) / (max_epochs * steps)
+            task_loss, adaptation_loss = self._loss(wrapped, batch, target, fraction, layout)
             loss = task_loss + adaptation_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if target is not None:
+                self.runtime.average_gradients(target.method.parameters())
             if self.grad_clip_norm:
                 nn.utils.clip_grad_norm_([p for p in parameters if p.requires_grad], self.grad_clip_norm)
             optimizer.step()
@@ -437,18 +474,18 @@ class Trainer:
         method = {f"train/{k}": v for k, v in target.method.epoch_metrics().items()}
         return {**metrics, "train/adaptation_loss": float(np.mean(adaptation_losses)), **method}
 
-    def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None,
-              progress: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cross-entropy on the source batch, adaptation loss on source and target features)``."""
-        layout = current_memory_format(model)
+    def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None, progress: float,
+              layout: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cross-entropy on the source batch, adaptation loss on source and target features)``; ``model`` may be
+        wrapped (:meth:`Runtime.wrap`), so it is only called, never looked into."""
         images = to_memory_format(batch["image"].to(self.device, non_blocking=True).float(), layout)  # (B, C, H, W)
         labels = torch.as_tensor(batch["label"], device=self.device)  # (B,)
         with autocast(self.device, self.amp):
             if target is None:
                 return nn.functional.cross_entropy(model(images).float(), labels), images.new_zeros(())
-            features = model.encoder.forward_features(torch.cat([images, target.next_images(self.device, layout)]))  # (B + B_t, F)
-            logits = model.encoder.head(features).float()  # (B + B_t, K)
-            n = len(images)
+            both = torch.cat([images, target.next_images(self.device, layout)])  # (B + B_t, C, H, W)
+            features, logits = model(both, return_features=True)  # (B + B_t, F), (B + B_t, K)
+            logits, n = logits.float(), len(images)
             domains = DomainBatch(features[:n], logits[:n], features[n:], logits[n:], progress)
             return nn.functional.cross_entropy(logits[:n], labels), target.method.loss(domains).float()
 

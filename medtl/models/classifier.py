@@ -74,8 +74,13 @@ class TransferModel(nn.Module):
         for parameter in self._frozen_stage_parameters():
             parameter.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, K)``; with ``return_features`` also the pooled features: ``((B, F), (B, K))``. The training
+        loop asks the model (or its data-parallel wrapper) for both instead of reaching into the encoder."""
+        if not return_features:
+            return self.encoder(x)
+        features = self.encoder.forward_features(x)  # (B, F)
+        return features, self.encoder.head(features)
 
     def train(self, mode: bool = True) -> TransferModel:
         """Like ``nn.Module.train``, but a frozen encoder stays in eval mode (BatchNorm statistics fixed),

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medtl.data.check import check_frame, main
+from medtl.data.check import NEAR_DUPLICATE_BITS, check_frame, main, near_hash_pairs
 from medtl.data.manifest import read_manifest, write_manifest
 
 
@@ -121,3 +121,44 @@ def test_shape_shortcut_of_volumes_is_flagged(tmp_path: Path) -> None:
     assert any("shape, spacing, orientation" in w for w in report.warnings)
     assert report.sizes == {"20x24x18": 12, "24x20x14": 12}
     assert facts[0].features["spacing_x"] == 2.0 and facts[0].tags["orientation"] == "RAS"
+
+
+def brute_force_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
+    """Every pair compared: what the data check did before multi-index hashing."""
+    bits = np.unpackbits(hashes, axis=1)
+    return [(a, int(b)) for a in range(len(bits) - 1)
+            for b in np.flatnonzero((bits[a + 1:] != bits[a]).sum(axis=1) <= max_distance) + a + 1]
+
+
+def test_multi_index_hashing_finds_exactly_the_brute_force_pairs() -> None:
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 256, size=(3000, 32), dtype=np.uint8)  # 256-bit hashes
+    for source in rng.choice(3000, size=60, replace=False):  # plant copies at distance 0..12 bits
+        copy = np.unpackbits(hashes[source])
+        copy[rng.choice(256, size=int(rng.integers(0, 13)), replace=False)] ^= 1
+        hashes = np.vstack([hashes, np.packbits(copy)])
+    hashes[5] = hashes[4]  # an identical pair, and a cluster of three within 8 bits of each other
+    hashes[10:13] = hashes[9]
+    hashes[11, 0] ^= 0b111
+    expected = brute_force_pairs(hashes, NEAR_DUPLICATE_BITS)
+    found = near_hash_pairs(hashes, NEAR_DUPLICATE_BITS)
+    assert found == expected
+    assert len(expected) > 40 and (4, 5) in found and (10, 11) in found and (11, 12) in found
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("data_set", ["chest_xray_kermany", "brain_mri"])
+def test_near_duplicates_of_the_shared_sets_match_the_brute_force_search(data_set: str) -> None:
+    from tests.conftest import SHARED_DATA
+
+    root = SHARED_DATA / data_set / "train"
+    if not root.is_dir():
+        pytest.skip(f"../shared/data/{data_set} absent")
+    paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[::6][:900]
+    frame = pd.DataFrame({"path": paths, "label": [Path(p).parent.name for p in paths],
+                          "patient_id": [Path(p).stem for p in paths], "split": "train"})
+    report, facts = check_frame(frame, probe=False, progress=False)
+    hashes = np.array([np.frombuffer(bytes.fromhex(f.dhash), np.uint8) for f in facts])
+    expected = [[paths[a], paths[b]] for a, b in brute_force_pairs(hashes, NEAR_DUPLICATE_BITS)
+                if facts[a].pixel_hash != facts[b].pixel_hash]
+    assert report.near_duplicates == expected

@@ -1,0 +1,150 @@
+"""Data-parallel runtime: shards cover the data once and gather back in order, failures reach every rank, and a
+2-process torchrun on the demo matches one process with exactly one MLflow run."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+
+from medtl.engine.distributed import Runtime, interleave
+from medtl.errors import MedtlError
+from medtl.train import train
+from tests.conftest import compose_config
+
+
+def test_interleave_undoes_the_round_robin_shards() -> None:
+    items = np.arange(7 * 3).reshape(7, 3)
+    parts = [items[r::3] for r in range(3)]  # 3, 2 and 2 rows
+    np.testing.assert_array_equal(interleave(parts), items)
+    torch.testing.assert_close(interleave([torch.as_tensor(p) for p in parts]), torch.as_tensor(items))
+    assert interleave([list("adg"), list("be"), list("cf")]) == list("abcdefg")
+
+
+def test_one_process_hands_back_what_it_was_given() -> None:
+    runtime = Runtime(torch.device("cpu"))
+    loader = DataLoader(list(range(5)), batch_size=2)
+    assert runtime.is_main and not runtime.distributed
+    assert runtime.shard(loader) is loader and runtime.train_loader(loader) is loader
+    assert runtime.gather([1, 2], interleave) == [1, 2]
+    assert runtime.on_main(lambda: 42) == 42
+    assert runtime.wrap(model := torch.nn.Linear(2, 2)) is model
+
+
+def test_a_torchrun_process_without_trainer_ddp_is_told_to_add_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MedtlError, match="WORLD_SIZE=2.*add trainer=ddp"):
+        Runtime.from_environment("cpu", distributed=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_work(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a gloo job: what it saw of a 7-item set, what it gathered, what the others' failure did."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    runtime = Runtime.from_environment("cpu", distributed=True)
+    loader = DataLoader(list(range(7)), batch_size=4)
+    shard = [int(x) for batch in runtime.shard(loader) for x in batch]
+    gathered = runtime.gather(shard, interleave)
+    training = runtime.train_loader(loader, seed=3)
+    runtime.set_epoch(training, 1)
+    trained = [int(x) for batch in training for x in batch]
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    parameter.grad = torch.full((2,), float(rank))
+    runtime.average_gradients([parameter])
+    shared = runtime.on_main(lambda: {"report": "from rank 0"})
+    try:
+        runtime.on_main(lambda: (_ for _ in ()).throw(MedtlError("data.root=x has no images")))
+        failure = None
+    except MedtlError as error:
+        failure = str(error)
+    Path(out, f"{rank}.json").write_text(json.dumps({
+        "shard": shard, "gathered": gathered, "trained": trained, "batch": training.batch_size,
+        "grad": parameter.grad.tolist(), "shared": shared, "failure": failure}))
+    runtime.close()
+
+
+def test_two_gloo_ranks_share_the_work_and_the_failures(tmp_path: Path) -> None:
+    mp.spawn(_rank_work, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert [r["shard"] for r in ranks] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert all(r["gathered"] == list(range(7)) for r in ranks)
+    trained = ranks[0]["trained"] + ranks[1]["trained"]  # a shuffled epoch: every item, one padded repeat at most
+    assert set(trained) == set(range(7)) and len(trained) == 8 and ranks[0]["batch"] == 2
+    assert all(r["grad"] == [0.5, 0.5] for r in ranks)
+    assert all(r["shared"] == {"report": "from rank 0"} for r in ranks)
+    assert all(r["failure"] == "data.root=x has no images" for r in ranks)
+
+
+def _torchrun(overrides: list[str], folder: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "medtl.train", *overrides, "trainer=ddp", f"hydra.run.dir={folder / 'hydra'}"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def _only_run(uri: str, experiment: str = "chest_xray") -> mlflow.entities.Run:
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    assert len(runs) == 1, f"{len(runs)} MLflow runs; rank 0 alone should track"
+    return runs[0]
+
+
+@pytest.mark.parametrize("strategy, tolerance", [("linear_probe", 1e-6), ("finetune", 0.05)])
+def test_two_cpu_processes_match_one(tiny_overrides: list[str], tmp_path: Path, strategy: str,
+                                     tolerance: float) -> None:
+    """Linear probe: the features are encoded in shards and gathered, the head trains alike on both ranks, so
+    the metrics are one process's exactly. Fine-tuning: each rank normalises its half of every batch with its
+    own BatchNorm statistics, so the weights differ slightly; the stated tolerance is on AUROC and accuracy."""
+    overrides = [o for o in tiny_overrides if not o.startswith(("tracking.uri", "model.strategy"))]
+    overrides += [f"model.strategy={strategy}", "trainer.max_epochs=1", "data.batch_size=8"]
+    single = train(compose_config([*overrides, f"tracking.uri=sqlite:///{tmp_path / 'one.db'}"]))
+    uri = f"sqlite:///{tmp_path / 'two.db'}"
+    done = _torchrun([*overrides, f"tracking.uri={uri}", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _only_run(uri)
+    assert run.info.status == "FINISHED"
+    for name in ("val/final_auroc", "val/final_accuracy"):
+        assert run.data.metrics[name] == pytest.approx(single[name], abs=tolerance), name
+    assert len(list((tmp_path / "ckpt").iterdir())) == 1  # one run folder, rank 0's
+
+
+@pytest.mark.parametrize("kind", ["dann", "volumes"])
+def test_adaptation_methods_and_volumes_train_on_two_processes(kind: str, tmp_path: Path, demo_cache: Path,
+                                                               volume_demo_manifest: Path) -> None:
+    """DANN's discriminator lives outside the wrapped model (its gradients are averaged by hand) and its target
+    stream is sharded too; volumes go through the same loop. Each: one finished run, its metrics in range."""
+    from tests.conftest import SMALL_VOLUME_DEMO, small_demo_overrides
+
+    if kind == "dann":
+        overrides = ["+experiment=chest_xray_da", "adaptation=dann", *small_demo_overrides(demo_cache),
+                     f"data.sites_dir={demo_cache / 'sites'}", "data.target_simulation.fraction=0.4",
+                     "data.image_size=48", "data.batch_size=8", "trainer.max_steps_per_epoch=3"]
+        experiment, metric = "chest_xray_da", "target/auroc"
+    else:
+        overrides = ["+experiment=mri_sequence", f"data.demo_dir={demo_cache}", "data.batch_size=4",
+                     f"data.demo.n_subjects={SMALL_VOLUME_DEMO.n_subjects}", f"data.demo.seed={SMALL_VOLUME_DEMO.seed}",
+                     "data.pipeline.spacing=[6.0,6.0,6.0]", "data.pipeline.shape=[32,32,28]", "model.slices.count=4",
+                     "model.strategy=finetune"]
+        experiment, metric = "mri_sequence", "val/final_auroc"
+    uri = f"sqlite:///{tmp_path / 'two.db'}"
+    common = ["data.cache_workers=1", "data.check=false", "trainer.max_epochs=1", "trainer.progress=false",
+              "tracking.log_model=false", f"tracking.uri={uri}"]
+    done = _torchrun([*overrides, *common], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _only_run(uri, experiment)
+    assert run.info.status == "FINISHED" and 0.0 <= run.data.metrics[metric] <= 1.0
