@@ -41,11 +41,11 @@ PER_PATIENT = 4
 EPOCH_OVERRIDES = ["+experiment=chest_xray", "model.strategy=finetune", "model.frozen_stages=0",
                    "trainer.linear_probe_first=false", "evaluation.external_adabn=false", "trainer.max_epochs=1",
                    "data.image_size=32", "data.batch_size=64", "data.cache=disk", "data.check=false",
-                   "tracking.log_model=false", "trainer.progress=false", "data.patient_id_patterns=[^(p\\d+)_]"]
+                   "tracking.log_model=false", "trainer.progress=false", "data.patient_id_patterns=['^(p\\d+)_']"]
 
 
 def write_tree(root: Path, size: int, seed: int = 0) -> Path:
-    """``size`` greyscale PNGs under ``root/{normal,abnormal}/p<patient>_<k>.png`` (written once; a ``done`` file
+    """``size`` greyscale PNGs under ``root/{NORMAL,PNEUMONIA}/p<patient>_<k>.png`` (written once; a ``done`` file
     marks a finished tree). Every patient has a smooth random field and each of its images adds one of its own
     (another view) and noise; abnormal patients' images carry a bright blob. One patient in 50 has a near-duplicate
     pair (an image and a brighter copy)."""
@@ -55,8 +55,8 @@ def write_tree(root: Path, size: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(np.linspace(-1, 1, SIDE), np.linspace(-1, 1, SIDE)))  # (2, SIDE, SIDE)
     for patient in tqdm(range(size // PER_PATIENT), desc=f"writing {size} images", unit="patient"):
-        label = "abnormal" if patient % 2 else "normal"
-        base = _patient_field(rng, grid, abnormal=label == "abnormal")
+        label = "PNEUMONIA" if patient % 2 else "NORMAL"  # the classes +experiment=chest_xray expects
+        base = _patient_field(rng, grid, abnormal=label == "PNEUMONIA")
         folder = root / label
         folder.mkdir(parents=True, exist_ok=True)
         image = base

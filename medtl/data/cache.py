@@ -53,10 +53,14 @@ def refuse_if_memory_short(split: str, items: list[dict[str, Any]], transform: A
     per_item = int(np.prod(image.shape)) * image.element_size() if isinstance(image, torch.Tensor) else image.nbytes
     needed, free = per_item * len(items), available_memory()
     if free is not None and needed > MEMORY_CACHE_SHARE * free:
-        raise MedtlError(f"data.cache=memory: the '{split}' split would hold {needed / 2**30:.1f} GiB of decoded inputs "
+        raise MedtlError(f"data.cache=memory: the '{split}' split would hold {_size(needed)} of decoded inputs "
                          f"({len(items)} x {tuple(image.shape)}), more than {MEMORY_CACHE_SHARE:.0%} of the "
-                         f"{free / 2**30:.1f} GiB free; use data.cache=disk (decoded once to data.cache_dir, streamed "
+                         f"{_size(free)} free; use data.cache=disk (decoded once to data.cache_dir, streamed "
                          "from there) or data.cache=none")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def available_memory() -> int | None:

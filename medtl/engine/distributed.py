@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
 from medtl.engine.runtime import resolve_device
 from medtl.errors import MedtlError
@@ -98,15 +98,18 @@ class Runtime:
     @staticmethod
     def set_epoch(loader: DataLoader, epoch: int) -> None:
         """Reshuffle a :meth:`train_loader` shard for ``epoch`` (every rank the same permutation, split)."""
-        if isinstance(loader.sampler, DistributedSampler):
+        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
             loader.sampler.set_epoch(epoch)
 
     def shard(self, loader: DataLoader) -> DataLoader:
-        """Items ``rank, rank + N, rank + 2N, ...`` of a sequential ``loader``, for :meth:`gather` to put back."""
-        if not self.distributed:
-            return loader
+        """Items ``rank, rank + N, rank + 2N, ...`` of ``loader``'s dataset, for :meth:`gather` to put back. Always
+        in the dataset's order, also in one process: a shuffled loader read for prediction or encoding gives the
+        same result on any number of ranks and draws nothing from the random generators."""
+        if not self.distributed and not isinstance(getattr(loader, "sampler", None), RandomSampler):
+            return loader  # already in order (or any iterable of batches)
         indices = range(self.rank, len(loader.dataset), self.world_size)
-        return _like(loader, Subset(loader.dataset, indices), loader.batch_size, None)
+        return _like(loader, Subset(loader.dataset, indices) if self.distributed else loader.dataset,
+                     loader.batch_size, None)
 
     def gather(self, part: T, join: Callable[[list[T]], T]) -> T:
         """Every rank's :meth:`shard` result ``part``, combined by ``join`` (a list in rank order); on every rank."""
@@ -115,6 +118,14 @@ class Runtime:
         parts: list[Any] = [None] * self.world_size
         dist.all_gather_object(parts, part)
         return join(parts)
+
+    def mean(self, value: float) -> float:
+        """``value`` averaged over the ranks (every rank gets it); ``value`` in one process."""
+        if not self.distributed:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces CUDA tensors only
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return float(total) / self.world_size
 
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Average the gradients of parameters outside the wrapped model (an adaptation method's discriminator)."""

@@ -437,8 +437,8 @@ class Trainer:
                      target: TargetStream | None = None,
                      averaged: torch.optim.swa_utils.AveragedModel | None = None,
                      data_parallel: bool = False) -> dict[str, float]:
-        """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second on this
-        rank, data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics.
+        """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second, over
+        all ranks, data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics.
         ``model`` is wrapped for data parallelism here, after ``on_epoch_start`` chose what trains."""
         layout = current_memory_format(model)
         wrapped = self.runtime.wrap(model) if data_parallel else model
@@ -468,7 +468,9 @@ class Trainer:
             adaptation_losses.append(float(torch.as_tensor(adaptation_loss).detach()))
             images += len(batch["label"])
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        metrics = {"train/loss": float(np.mean(losses)), "train/images_per_s": images / (time.perf_counter() - start)}
+        seconds = time.perf_counter() - start
+        metrics = {"train/loss": self.runtime.mean(float(np.mean(losses))),  # over every rank's images
+                   "train/images_per_s": self.runtime.mean(images / seconds) * self.runtime.world_size}
         if target is None:
             return metrics
         method = {f"train/{k}": v for k, v in target.method.epoch_metrics().items()}

@@ -43,7 +43,7 @@ def test_a_memory_cache_that_would_not_fit_is_refused_naming_the_disk_cache(tmp_
     monkeypatch.setattr(cache, "available_memory", lambda: int(per_item * 3 / cache.MEMORY_CACHE_SHARE) + 1)
     cache.refuse_if_memory_short("train", items, transform)  # just fits
     monkeypatch.setattr(cache, "available_memory", lambda: int(per_item * 3 / cache.MEMORY_CACHE_SHARE) - 64)
-    with pytest.raises(MedtlError, match=r"data.cache=memory: the 'train' split .* 3 x \(1, 64, 64\).*data.cache=disk"):
+    with pytest.raises(MedtlError, match=r"data.cache=memory: the 'train' split would hold .* \(3 x \(1, 64, 64\)\).*data.cache=disk"):
         cache.refuse_if_memory_short("train", items, transform)
 
 

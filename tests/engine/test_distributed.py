@@ -66,6 +66,14 @@ def _rank_work(rank: int, world: int, port: int, out: str) -> None:
     parameter = torch.nn.Parameter(torch.zeros(2))
     parameter.grad = torch.full((2,), float(rank))
     runtime.average_gradients([parameter])
+    torch.manual_seed(rank)  # different initial weights: wrapping must give every rank rank 0's
+    model = torch.nn.Linear(3, 1)
+    wrapped = runtime.wrap(model)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    inputs = torch.arange(12, dtype=torch.float32).reshape(4, 3)  # rank r trains on rows r and r + 2
+    wrapped(inputs[rank::2]).pow(2).mean().backward()
+    optimiser.step()
+    weights = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
     shared = runtime.on_main(lambda: {"report": "from rank 0"})
     try:
         runtime.on_main(lambda: (_ for _ in ()).throw(MedtlError("data.root=x has no images")))
@@ -74,7 +82,7 @@ def _rank_work(rank: int, world: int, port: int, out: str) -> None:
         failure = str(error)
     Path(out, f"{rank}.json").write_text(json.dumps({
         "shard": shard, "gathered": gathered, "trained": trained, "batch": training.batch_size,
-        "grad": parameter.grad.tolist(), "shared": shared, "failure": failure}))
+        "grad": parameter.grad.tolist(), "shared": shared, "failure": failure, "weights": weights}))
     runtime.close()
 
 
@@ -88,6 +96,13 @@ def test_two_gloo_ranks_share_the_work_and_the_failures(tmp_path: Path) -> None:
     assert all(r["grad"] == [0.5, 0.5] for r in ranks)
     assert all(r["shared"] == {"report": "from rank 0"} for r in ranks)
     assert all(r["failure"] == "data.root=x has no images" for r in ranks)
+    torch.manual_seed(0)  # one process, rank 0's initial weights, the whole batch: the same step
+    model = torch.nn.Linear(3, 1)
+    model(torch.arange(12, dtype=torch.float32).reshape(4, 3)).pow(2).mean().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    expected = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
+    for r in ranks:
+        np.testing.assert_allclose(r["weights"], expected, rtol=1e-6)
 
 
 def _torchrun(overrides: list[str], folder: Path) -> subprocess.CompletedProcess:
@@ -104,22 +119,32 @@ def _only_run(uri: str, experiment: str = "chest_xray") -> mlflow.entities.Run:
     return runs[0]
 
 
-@pytest.mark.parametrize("strategy, tolerance", [("linear_probe", 1e-6), ("finetune", 0.05)])
+EXACT = ["model.bn=freeze", "model.dropout=0", "data.augment.prob=0", "data.batch_size=48"]
+
+
+@pytest.mark.parametrize("strategy, settings, loss_tolerance",
+                         [("linear_probe", ["data.batch_size=8"], 1e-5), ("finetune", EXACT, 0.1)])
 def test_two_cpu_processes_match_one(tiny_overrides: list[str], tmp_path: Path, strategy: str,
-                                     tolerance: float) -> None:
-    """Linear probe: the features are encoded in shards and gathered, the head trains alike on both ranks, so
-    the metrics are one process's exactly. Fine-tuning: each rank normalises its half of every batch with its
-    own BatchNorm statistics, so the weights differ slightly; the stated tolerance is on AUROC and accuracy."""
+                                     settings: list[str], loss_tolerance: float) -> None:
+    """Stated tolerances: AUROC and accuracy within 1e-4 of one process. The linear probe: features encoded in
+    shards and gathered, the head trained alike on both ranks, so the losses agree to 1e-5 too. Fine-tuning (the
+    recipe: probe first, then the unfrozen stages), with the demo's 48 training images in one global batch (24 per
+    rank), so the averaged gradient is one process's, and with what differs by design switched off (BatchNorm batch
+    statistics, each rank normalising its half-batch; dropout and augmentation draws; batch composition): the
+    losses agree within 0.1, not exactly, because the MBConv blocks' stochastic depth (drop-connect) draws per rank.
+    That the ranks' weights stay identical is checked exactly in the gloo test above."""
     overrides = [o for o in tiny_overrides if not o.startswith(("tracking.uri", "model.strategy"))]
-    overrides += [f"model.strategy={strategy}", "trainer.max_epochs=1", "data.batch_size=8"]
+    overrides += [f"model.strategy={strategy}", "trainer.max_epochs=2", *settings]
     single = train(compose_config([*overrides, f"tracking.uri=sqlite:///{tmp_path / 'one.db'}"]))
     uri = f"sqlite:///{tmp_path / 'two.db'}"
     done = _torchrun([*overrides, f"tracking.uri={uri}", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    run = _only_run(uri)
+    run, one = _only_run(uri), _only_run(f"sqlite:///{tmp_path / 'one.db'}")
     assert run.info.status == "FINISHED"
-    for name in ("val/final_auroc", "val/final_accuracy"):
-        assert run.data.metrics[name] == pytest.approx(single[name], abs=tolerance), name
+    for name in ("val/final_auroc", "val/final_accuracy", "val/best_auroc"):
+        assert run.data.metrics[name] == pytest.approx(single[name], abs=1e-4), name
+    for name in ("val/loss", "train/loss"):  # continuous, so sensitive to any difference in the weights
+        assert run.data.metrics[name] == pytest.approx(one.data.metrics[name], abs=loss_tolerance), name
     assert len(list((tmp_path / "ckpt").iterdir())) == 1  # one run folder, rank 0's
 
 
