@@ -40,7 +40,7 @@ SIDE = 48  # pixels of a generated image
 PER_PATIENT = 4
 EPOCH_OVERRIDES = ["+experiment=chest_xray", "model.strategy=finetune", "model.frozen_stages=0",
                    "trainer.linear_probe_first=false", "evaluation.external_adabn=false", "trainer.max_epochs=1",
-                   "data.image_size=32", "data.batch_size=64", "data.cache=disk", "data.check=false",
+                   "data.batch_size=64", "data.cache=disk", "data.check=false",
                    "tracking.log_model=false", "trainer.progress=false", "data.patient_id_patterns=['^(p\\d+)_']"]
 
 
@@ -79,9 +79,10 @@ def _patient_field(rng: np.random.Generator, grid: np.ndarray, abnormal: bool) -
     return image
 
 
-def run_step(step: str, root: Path, work: Path) -> dict:
+def run_step(step: str, root: Path, work: Path, image_size: int) -> dict:
     """One step in a fresh process (its own peak memory); returns ``{"seconds", "peak_mib", ...}``."""
-    command = [sys.executable, __file__, "--step", step, "--root", str(root), "--work-dir", str(work)]
+    command = [sys.executable, __file__, "--step", step, "--root", str(root), "--work-dir", str(work),
+               "--image-size", str(image_size)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{step} on {root} failed:\n{done.stderr[-3000:]}")
@@ -99,7 +100,7 @@ def step_check(root: Path) -> dict:
             "exact_duplicate_groups": len(report.exact_duplicates)}
 
 
-def step_epoch(root: Path, work: Path) -> dict:
+def step_epoch(root: Path, work: Path, image_size: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from medtl import CONFIG_DIR
@@ -107,7 +108,7 @@ def step_epoch(root: Path, work: Path) -> dict:
 
     cache = work / f"cache_{root.name}"
     shutil.rmtree(cache, ignore_errors=True)  # an empty cache: the epoch decodes and writes every image
-    overrides = [*EPOCH_OVERRIDES, f"data.root={root}", f"data.cache_dir={cache}",
+    overrides = [*EPOCH_OVERRIDES, f"data.image_size={image_size}", f"data.root={root}", f"data.cache_dir={cache}",
                  f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"trainer.checkpoint_dir={work / 'checkpoints'}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -115,8 +116,7 @@ def step_epoch(root: Path, work: Path) -> dict:
     metrics = train(cfg)
     seconds = time.perf_counter() - start
     shutil.rmtree(cache, ignore_errors=True)
-    return {"seconds": seconds, "val_auroc": metrics["val/final_auroc"],
-            "images_per_s": metrics.get("train/images_per_s", float("nan"))}
+    return {"seconds": seconds, "val_auroc": metrics["val/final_auroc"]}
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
@@ -142,12 +142,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
     parser.add_argument("--work-dir", default=str(Path("~/.cache/medtl/scale").expanduser()))
     parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--image-size", type=int, default=32, help="of the training epoch (px)")
     parser.add_argument("--step", choices=["check", "epoch"], help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work_dir).expanduser()
     if args.step:  # one measured step, in this fresh process
-        result = step_check(Path(args.root)) if args.step == "check" else step_epoch(Path(args.root), work)
+        result = step_check(Path(args.root)) if args.step == "check" else step_epoch(Path(args.root), work,
+                                                                                        args.image_size)
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
         print(json.dumps({**result, "peak_mib": peak_kib / 1024}))
         return
@@ -155,7 +157,7 @@ def main() -> None:
     for size in args.sizes:
         root = write_tree(work / f"tree_{size}", size)
         for step in ("check", "epoch"):
-            result = run_step(step, root, work)
+            result = run_step(step, root, work, args.image_size)
             rows.append({"step": step, "images": size, "minutes": result["seconds"] / 60,
                          "peak memory (MiB)": result["peak_mib"],
                          **{k: v for k, v in result.items() if k not in ("seconds", "peak_mib")}})
