@@ -88,8 +88,8 @@ def check_adaptable(card: ModelCard) -> None:
 def adapt_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device, progress: bool,
                     card: ModelCard) -> torch.nn.Module:
     """AdaBN at the new site: the model with the BatchNorm statistics it learnt on its training images (the
-    card's ``source_batchnorms``) re-estimated on the inputs."""
-    check_adaptable(card)
+    card's ``source_batchnorms``) re-estimated on the inputs. :func:`check_adaptable` says first whether there are
+    any (:func:`predict` asks before reading the inputs)."""
     count = len(loader.dataset)
     if count < MIN_ADABN_IMAGES:
         log.warning("adaptation=adabn: only %d input image(s); BatchNorm statistics from fewer than %d images "

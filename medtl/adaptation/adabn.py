@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from medtl.adaptation.registry import AdaptationMethod, register_adaptation
 from medtl.errors import MedtlError
+from medtl.models.classifier import encoder_batchnorms
 
 __all__ = ["AdaptiveBatchNorm", "recompute_batchnorm_statistics", "source_statistics_batchnorms"]
 
@@ -30,22 +31,13 @@ def source_statistics_batchnorms(model: nn.Module) -> list[str]:
     was_training = model.training
     model.train()
     try:
-        return [name for name, module in _encoder_batchnorms(model).items() if module.training]
+        return [name for name, module in encoder_batchnorms(model).items() if module.training]
     finally:
         model.train(was_training)
 
 
-def _encoder_batchnorms(model: nn.Module) -> dict[str, BatchNorm]:
-    encoder = getattr(model, "encoder", model)
-    head = getattr(encoder, "head", None)
-    head_ids = {id(m) for m in head.modules()} if head is not None else set()
-    encoder_ids = {id(m) for m in encoder.modules()}
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, BatchNorm) and id(m) in encoder_ids and id(m) not in head_ids}
-
-
 def _select(model: nn.Module, names: Sequence[str] | None) -> list[BatchNorm]:
-    candidates = _encoder_batchnorms(model)
+    candidates = encoder_batchnorms(model)
     if names is None:
         return list(candidates.values())
     unknown = [n for n in names if n not in candidates]

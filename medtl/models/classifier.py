@@ -19,7 +19,7 @@ from medtl.errors import MedtlError
 from medtl.models.registry import Encoder, create_encoder
 from medtl.models.slices import SliceConfig, SliceEncoder
 
-__all__ = ["Strategy", "STRATEGIES", "TransferModel", "build_classifier"]
+__all__ = ["Strategy", "STRATEGIES", "TransferModel", "build_classifier", "encoder_batchnorms"]
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,18 @@ class TransferModel(nn.Module):
         return [p for stage in self.encoder.stage_parameters()[:self.frozen_stages] for p in stage]
 
     def _encoder_batchnorms(self) -> list[nn.Module]:
-        head_modules = {id(m) for m in self.encoder.head.modules()}
-        return [m for m in self.encoder.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
+        return list(encoder_batchnorms(self).values())
+
+
+def encoder_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    """The BatchNorm layers of ``model``'s encoder (of ``model`` itself when it has no ``encoder``) by their names in
+    ``model``; the head's are left out."""
+    encoder = getattr(model, "encoder", model)
+    head = getattr(encoder, "head", None)
+    head_ids = {id(m) for m in head.modules()} if head is not None else set()
+    encoder_ids = {id(m) for m in encoder.modules()}
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) in encoder_ids and id(m) not in head_ids}
 
 
 def build_classifier(encoder: str, strategy: str, num_classes: int, weights: str | None = "imagenet",
