@@ -7,8 +7,9 @@ Every figure is ``Trainer._train_epoch`` (forward, backward, gradient clipping, 
 ``--steps`` batches after a warm-up pass, EfficientNet-Lite0 finetune. ``pipeline``: batches from ``data.loaders``
 (memory cache built before timing, random augmentation in the loader); ``in-memory``: one cached batch again and
 again, the model's own speed. Configurations: ``before`` (contiguous layout, every stage trains: medtl's default
-until the layout became ``auto``), ``auto`` (the layout the machine picks), and ``auto`` with the first stages frozen
-(``model.frozen_stages``). The ratio is the pipeline's speed over the model's best in-memory speed at any measured
+until the layout became ``auto``), ``auto`` (the layout the machine picks), ``auto`` with the first stages frozen
+(``model.frozen_stages``), and that with bfloat16 autocast (``trainer.amp=true``) or with the model compiled
+(``torch.compile``, inductor; compilation happens in the warm-up and is not timed). The ratio is the pipeline's speed over the model's best in-memory speed at any measured
 batch size. Run it alone: another torch process on the same cores slows it several times. Writes
 ``benchmarks/results/train_throughput.{json,md}``.
 """
@@ -30,7 +31,11 @@ from medtl.provenance import git_commit, machine_description, markdown_table
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]
-CONFIGS = {"before": ("contiguous", 0), "auto": ("auto", 0), "auto, frozen_stages=3": ("auto", 3)}
+# name: (trainer.memory_format, model.frozen_stages, trainer.amp (bfloat16 autocast on CPU), torch.compile)
+CONFIGS = {"before": ("contiguous", 0, False, False), "auto": ("auto", 0, False, False),
+           "auto, frozen_stages=3": ("auto", 3, False, False),
+           "auto, frozen_stages=3, bf16 autocast": ("auto", 3, True, False),
+           "auto, frozen_stages=3, torch.compile": ("auto", 3, False, True)}
 
 
 def images_per_second(trainer: Trainer, model: torch.nn.Module, batches: list[dict] | object, steps: int) -> float:
@@ -45,13 +50,14 @@ def images_per_second(trainer: Trainer, model: torch.nn.Module, batches: list[di
 
 
 def measure(data: ImageClassificationData, size: int, name: str, batch_sizes: list[int], steps: int) -> list[dict]:
-    layout, frozen = CONFIGS[name]
+    layout, frozen, amp, compiled = CONFIGS[name]
     rows = []
     for batch_size in batch_sizes:
         torch.manual_seed(0)
         model = build_classifier("efficientnet_lite0", "finetune", num_classes=len(data.classes), image_size=size,
                                  frozen_stages=frozen)
-        trainer = Trainer(partial(torch.optim.AdamW), progress=False, device="cpu", memory_format=layout)
+        trainer = Trainer(partial(torch.optim.AdamW), progress=False, device="cpu", memory_format=layout, amp=amp)
+        model = torch.compile(model) if compiled else model  # inductor; compiled in the 3-batch warm-up
         data.batch_size = batch_size
         train_loader, _ = data.loaders(model.encoder.weights_info, augment=True)  # builds the memory cache
         one = next(iter(train_loader))
@@ -75,6 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--max-images", type=int, default=800)
     parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--out-name", default="train_throughput")
     args = parser.parse_args()
     rows = []
     for size in args.image_size:
@@ -83,20 +90,20 @@ def main() -> None:
         data.setup()
         for name in args.configs:
             rows += measure(data, size, name, args.batch_size, args.steps)
-    write_results(rows, Path(args.results_dir))
+    write_results(rows, Path(args.results_dir), args.out_name)
 
 
-def write_results(rows: list[dict], out: Path) -> None:
+def write_results(rows: list[dict], out: Path, name: str = "train_throughput") -> None:
     commit, machine = git_commit(HERE), machine_description()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows},
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows},
                                                           indent=2))
     table = markdown_table(pd.DataFrame(rows).rename(columns={
         "image_size": "image size", "config": "configuration", "batch_size": "batch", "in_memory_img_s": "in-memory img/s",
         "pipeline_img_s": "pipeline img/s", "ratio_to_best_in_memory": "pipeline / best in-memory"}))
     header = (f"Machine: {machine}. Commit {commit}. EfficientNet-Lite0 finetune, the training "
               "loop's step (AdamW, gradient clipping), memory cache + augmentation.")
-    (out / "train_throughput.md").write_text(header + "\n\n" + table + "\n")
+    (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
