@@ -19,8 +19,9 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster
 def launcher(overrides: list[str]) -> dict:
     cfg = compose_config(["+experiment=chest_xray", "trainer=ddp", "hydra/launcher=slurm", *overrides],
                          return_hydra_config=True)
-    return OmegaConf.to_container(cfg.hydra.launcher, resolve=False) | {
-        "tasks_per_node": cfg.hydra.launcher.gpus_per_node}  # ${.gpus_per_node}, resolved as Hydra does
+    chosen = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)  # the sweep dir resolves only at run time
+    chosen["tasks_per_node"] = cfg.hydra.launcher.tasks_per_node  # ${.gpus_per_node}, resolved by OmegaConf
+    return chosen
 
 
 def test_the_slurm_launcher_composes_with_one_task_per_gpu() -> None:
