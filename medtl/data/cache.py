@@ -3,7 +3,6 @@ later run, and the check that a memory cache will fit before it is filled."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +84,7 @@ def _meminfo_available() -> int | None:
 def _read_int(path: str) -> int | None:
     """An integer file (cgroup v2 writes ``max`` for no limit): ``None`` when absent, unlimited or unreadable."""
     try:
-        text = open(path).read().strip() if os.path.exists(path) else ""
-    except OSError:
+        text = Path(path).read_text().strip()
+    except OSError:  # absent (no cgroup v2) or unreadable
         return None
     return int(text) if text.isdigit() else None

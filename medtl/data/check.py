@@ -234,11 +234,11 @@ def near_hash_pairs(hashes: np.ndarray, max_distance: int, progress: bool = Fals
     pieces = np.array_split(np.arange(bits.shape[1]), max_distance + 1)
     for piece in tqdm(pieces, desc="data check: near duplicates", unit="piece", disable=not progress):
         keys = bits[:, piece] @ (1 << np.arange(len(piece), dtype=np.int64))  # (N,) the piece as an integer
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys, kind="stable")  # stable: rows with equal keys stay in ascending order
         starts = np.flatnonzero(np.diff(keys[order], prepend=-1))  # first index of each run of equal keys
         for group in np.split(order, starts[1:]):
             if len(group) > 1:
-                found.update(_close_pairs(hashes, np.sort(group), max_distance))
+                found.update(_close_pairs(hashes, group, max_distance))
     return sorted(found)
 
 
