@@ -59,6 +59,8 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_ema_aug_128": [*LP_FT, "trainer.ema_decay=0.99", *ACQUISITION, "data.image_size=128"],
     # wider acquisition augmentation: stronger contrast curves, saturated highlights, tighter fields (zoom)
     "lpft_frozen3_ema_acq_128": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128"],
+    # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
+    "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # WiSE-FT: halfway between the probe's weights and the fine-tuned ones
     "lpft_frozen3_ema_acq_128_wise": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128",
                                       "trainer.interpolate_probe=0.5"],

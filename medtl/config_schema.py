@@ -36,6 +36,7 @@ def choices(*allowed: str, default: Any) -> Any:
 class IntensitySchema:
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
+    equalize: bool = False
 
 
 @dataclass

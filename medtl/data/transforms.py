@@ -13,6 +13,7 @@ import numpy as np
 from monai.transforms import (
     Compose,
     EnsureTyped,
+    HistogramNormalized,
     NormalizeIntensityd,
     RandAdjustContrastd,
     RandAffined,
@@ -35,10 +36,15 @@ IMAGE = "image"
 
 @dataclass(frozen=True)
 class IntensityConfig:
-    """Per-image intensity window: the given percentiles map to 0 and 1, values outside are clipped."""
+    """Per-image intensity window: the given percentiles map to 0 and 1, values outside are clipped.
+
+    ``equalize``: then histogram-equalise each image (after resizing, before the letterbox padding), so that any
+    monotone change of the grey levels (exposure, contrast curve, display window) gives the same input. It erases
+    the processing fingerprint of a site or collection; it does not undo blur, noise or clipping."""
 
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
+    equalize: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,15 @@ class AugmentConfig:
 
 def deterministic_transforms(image_size: int, intensity: IntensityConfig,
                              dicom: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
-    """Load, window to [0, 1] and letterbox to ``(1, image_size, image_size)`` keeping the aspect ratio.
-    Files declaring more than ``max_pixels`` are refused before decoding."""
+    """Load, window to [0, 1] (and equalise, when set) and letterbox to ``(1, image_size, image_size)`` keeping the
+    aspect ratio. Files declaring more than ``max_pixels`` are refused before decoding."""
+    equalize = [HistogramNormalized(IMAGE, num_bins=256, min=0, max=1)] if intensity.equalize else []
     return [
         LoadRadiographd(keys=IMAGE, dicom=dicom, max_pixels=max_pixels),
         ScaleIntensityRangePercentilesd(IMAGE, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
                                         b_min=0.0, b_max=1.0, clip=True),
-        Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),
+        Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),  # (1, S, <=S) or (1, <=S, S)
+        *equalize,
         SpatialPadd(IMAGE, spatial_size=(image_size, image_size)),
         EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),
     ]

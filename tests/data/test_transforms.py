@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from monai.transforms import RandAdjustContrastd, RandGaussianSmoothd, RandScaleIntensityd
 from PIL import Image
@@ -59,3 +60,39 @@ def test_highlight_clipping_saturates_the_brightest_part_and_keeps_the_rest_line
     assert factor.std(dim=1).max() < 0.05 and factor.mean() > 1.0
     assert not any(isinstance(t, RandScaleIntensityd)
                    for t in RadiographPipeline(image_size=32).train_transforms(WEIGHTS).transforms)
+
+
+def _eval_input(path: str, size: int, equalize: bool) -> np.ndarray:
+    pipeline = RadiographPipeline(image_size=size, intensity={"equalize": equalize, "lower_percentile": 0.0,
+                                                              "upper_percentile": 100.0})
+    return np.asarray(pipeline.eval_transforms(WeightsInfo(source="test", mean=(0.0,), std=(1.0,)))(
+        {"image": path})["image"])  # (1, S, S) in [0, 1]
+
+
+def test_equalisation_gives_the_same_input_under_another_sites_contrast_curve_and_exposure(tmp_path: Path) -> None:
+    """A monotone change of grey levels (gamma 1.6, 80% exposure) moves the plain input a lot and the equalised
+    one hardly at all; equalised values spread evenly over [0, 1]."""
+    rng = np.random.default_rng(0)
+    base = np.clip(rng.normal(0.45, 0.15, (48, 32)), 0.0, 1.0)  # (H, W): a portrait image, letterboxed, not resized
+    paths = {}
+    for name, image in {"site_a": base, "site_b": (0.8 * base) ** 1.6}.items():
+        paths[name] = str(tmp_path / f"{name}.tiff")
+        Image.fromarray((image * 65535).astype(np.uint16)).save(paths[name])
+    plain = {name: _eval_input(path, 48, equalize=False) for name, path in paths.items()}
+    equalised = {name: _eval_input(path, 48, equalize=True) for name, path in paths.items()}
+    assert np.abs(plain["site_a"] - plain["site_b"]).mean() > 0.05
+    assert np.abs(equalised["site_a"] - equalised["site_b"]).mean() < 0.01
+    image = equalised["site_a"][0, :, 8:40]  # the 32 columns of image inside the zero letterbox padding
+    assert np.all(equalised["site_a"][0, :, :8] == 0.0)
+    assert abs(float(np.median(image)) - 0.5) < 0.05 and image.max() == pytest.approx(1.0)
+
+
+def test_equalisation_is_recorded_in_the_card_and_keeps_the_old_cache_key_when_off() -> None:
+    from medtl.data.pipelines import pipeline_from_card
+
+    weights = WeightsInfo(source="test")
+    off, on = RadiographPipeline(image_size=32), RadiographPipeline(image_size=32, intensity={"equalize": True})
+    assert "equalize" not in off.cache_signature(weights)  # disk caches written before the option stay valid
+    assert off.cache_signature(weights) != on.cache_signature(weights)
+    rebuilt = pipeline_from_card(on.to_card(), "test")
+    assert rebuilt.intensity.equalize is True

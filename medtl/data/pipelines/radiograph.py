@@ -91,7 +91,10 @@ class RadiographPipeline(ImagePipeline):
         # The radiograph cache key of medtl before pipelines, so existing disk caches stay valid.
         from dataclasses import asdict
 
-        return f"v2-float16|{self.image_size}|{asdict(self.intensity)}|{asdict(self.dicom)}|{weights.mean}|{weights.std}"
+        intensity = asdict(self.intensity)
+        if not intensity["equalize"]:
+            del intensity["equalize"]  # the key before equalisation existed
+        return f"v2-float16|{self.image_size}|{intensity}|{asdict(self.dicom)}|{weights.mean}|{weights.std}"
 
     @classmethod
     def from_preprocessing(cls, pre: Any) -> RadiographPipeline:
