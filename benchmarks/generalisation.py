@@ -61,6 +61,8 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_ema_acq_128": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
+    # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16
+    "lpft_frozen3_bf16": [*LP_FT, "trainer.amp=true", "trainer.features.dtype=bfloat16"],
     # WiSE-FT: halfway between the probe's weights and the fine-tuned ones
     "lpft_frozen3_ema_acq_128_wise": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128",
                                       "trainer.interpolate_probe=0.5"],
