@@ -8,10 +8,12 @@ normalised with the encoder's own mean/std. The deterministic part comes first s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from monai.transforms import (
     Compose,
+    CropForegroundd,
     EnsureTyped,
     HistogramNormalized,
     NormalizeIntensityd,
@@ -29,7 +31,7 @@ from monai.transforms import (
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
 from medtl.models.registry import WeightsInfo
 
-__all__ = ["IntensityConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
+__all__ = ["IntensityConfig", "CropConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
 
 IMAGE = "image"
 
@@ -45,6 +47,18 @@ class IntensityConfig:
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     equalize: bool = False
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """What part of the stored image the model sees.
+
+    ``foreground``: crop to the bounding box of the pixels brighter than this level (on the [0, 1] windowed
+    image, before resizing; an image with none is kept whole); ``None``: the whole image. Collections differ in
+    how much black surrounds the anatomy (a head filling the frame, or a small one in a wide field); the crop lets
+    the letterbox show every image's anatomy at the same scale."""
+
+    foreground: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,14 +82,17 @@ class AugmentConfig:
 
 
 def deterministic_transforms(image_size: int, intensity: IntensityConfig,
-                             dicom: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS) -> list:
-    """Load, window to [0, 1] (and equalise, when set) and letterbox to ``(1, image_size, image_size)`` keeping the
-    aspect ratio. Files declaring more than ``max_pixels`` are refused before decoding."""
+                             dicom: DicomOptions = DicomOptions(), max_pixels: int = DEFAULT_MAX_PIXELS,
+                             crop: CropConfig = CropConfig()) -> list:
+    """Load, window to [0, 1], (crop to the foreground,) letterbox to ``(1, image_size, image_size)`` keeping the
+    aspect ratio (equalising before the padding, when set). Files declaring more than ``max_pixels`` are refused
+    before decoding."""
     equalize = [HistogramNormalized(IMAGE, num_bins=256, min=0, max=1)] if intensity.equalize else []
     return [
         LoadRadiographd(keys=IMAGE, dicom=dicom, max_pixels=max_pixels),
         ScaleIntensityRangePercentilesd(IMAGE, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
                                         b_min=0.0, b_max=1.0, clip=True),
+        *_crop_to_foreground(crop),  # (1, H, W) -> (1, h, w), the anatomy's bounding box
         Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),  # (1, S, <=S) or (1, <=S, S)
         *equalize,
         SpatialPadd(IMAGE, spatial_size=(image_size, image_size)),
@@ -83,9 +100,23 @@ def deterministic_transforms(image_size: int, intensity: IntensityConfig,
     ]
 
 
+def _crop_to_foreground(crop: CropConfig) -> list:
+    if crop.foreground is None:
+        return []
+    return [CropForegroundd(IMAGE, source_key=IMAGE, select_fn=partial(_brighter_than, level=crop.foreground),
+                            allow_smaller=True, start_coord_key=None, end_coord_key=None)]
+
+
+def _brighter_than(image: np.ndarray, level: float) -> np.ndarray:
+    """The foreground mask of a ``(1, H, W)`` image; all of it when no pixel is brighter than ``level``."""
+    mask = image > level
+    return mask if mask.any() else mask | True
+
+
 def train_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
                      augment: AugmentConfig, dicom: DicomOptions = DicomOptions(),
-                     storage_dtype: type = np.float32, max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:
+                     storage_dtype: type = np.float32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     crop: CropConfig = CropConfig()) -> Compose:
     """Deterministic part (its output stored as ``storage_dtype``), random affine and noise, normalisation."""
     image_size_px = float(image_size)
     random_part = [
@@ -96,7 +127,7 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
                     padding_mode="zeros", mode="bilinear"),
         RandGaussianNoised(IMAGE, prob=augment.prob, std=augment.noise_std),
     ]
-    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), _store_as(storage_dtype),
+    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels, crop), _store_as(storage_dtype),
                     *random_part,
                     normalise_for(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
 
@@ -118,9 +149,9 @@ def _acquisition_augment(augment: AugmentConfig) -> list:
 
 def eval_transforms(image_size: int, weights: WeightsInfo, intensity: IntensityConfig,
                     dicom: DicomOptions = DicomOptions(), storage_dtype: type = np.float32,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Compose:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, crop: CropConfig = CropConfig()) -> Compose:
     """Deterministic part, then the encoder's normalisation; the result is ``storage_dtype``."""
-    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels), normalise_for(weights),
+    return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels, crop), normalise_for(weights),
                     _store_as(storage_dtype)])
 
 

@@ -96,3 +96,27 @@ def test_equalisation_is_recorded_in_the_card_and_keeps_the_old_cache_key_when_o
     assert off.cache_signature(weights) != on.cache_signature(weights)
     rebuilt = pipeline_from_card(on.to_card(), "test")
     assert rebuilt.intensity.equalize is True
+
+
+def test_foreground_crop_shows_the_anatomy_at_the_same_scale_whatever_black_field_surrounds_it(tmp_path: Path) -> None:
+    """A 40 x 24 'head' alone, and the same head in a wide black field: with the crop both give the same input."""
+    rng = np.random.default_rng(0)
+    head = rng.integers(80, 255, size=(40, 24)).astype(np.uint8)
+    head[20, 12], head[10, 10] = 0, 255  # both images then span 0-255: the same intensity window
+    wide = np.zeros((120, 120), dtype=np.uint8)
+    wide[30:70, 50:74] = head
+    inputs = {}
+    for name, image in {"tight": head, "wide": wide, "blank": np.zeros((30, 30), np.uint8)}.items():
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+        for crop in (None, 0.1):
+            pipeline = RadiographPipeline(image_size=40, intensity={"lower_percentile": 0.0, "upper_percentile": 100.0},
+                                          crop={"foreground": crop})
+            transform = pipeline.eval_transforms(WeightsInfo(source="test", mean=(0.0,), std=(1.0,)))
+            inputs[name, crop] = np.asarray(transform({"image": str(tmp_path / f"{name}.png")})["image"])
+    assert all(value.shape == (1, 40, 40) for value in inputs.values())
+    assert np.abs(inputs["tight", 0.1] - inputs["wide", 0.1]).max() < 1e-5
+    assert (inputs["wide", None] > 0).mean() < 0.1 < 0.5 < (inputs["wide", 0.1] > 0).mean()  # 40 x 24 of 40 x 40
+    assert np.all(inputs["blank", 0.1] == 0.0)  # nothing above the level: kept whole, not an empty crop
+    off = RadiographPipeline(image_size=40)
+    assert off.cache_signature(WEIGHTS) != RadiographPipeline(image_size=40, crop={"foreground": 0.1}).cache_signature(WEIGHTS)
+    assert "foreground" not in off.cache_signature(WEIGHTS)

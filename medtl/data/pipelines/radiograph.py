@@ -11,7 +11,7 @@ import torch
 from medtl.data.inventory import Inventory, scan_folder
 from medtl.data.pipelines.base import ImagePipeline, demo_spec, register_pipeline
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiograph
-from medtl.data.transforms import AugmentConfig, IntensityConfig, eval_transforms, train_transforms
+from medtl.data.transforms import AugmentConfig, CropConfig, IntensityConfig, eval_transforms, train_transforms
 from medtl.models.registry import WeightsInfo
 
 if TYPE_CHECKING:
@@ -24,20 +24,22 @@ __all__ = ["RadiographPipeline", "radiograph_tta_views"]
 
 @register_pipeline("radiograph")
 class RadiographPipeline(ImagePipeline):
-    """Load (DICOM grayscale pipeline or PIL) -> percentile window to [0, 1] -> letterbox to ``(1, S, S)`` ->
-    (training) random affine and noise -> the encoder's normalisation.
+    """Load (DICOM grayscale pipeline or PIL) -> percentile window to [0, 1] -> (crop to the foreground) ->
+    letterbox to ``(1, S, S)`` -> (training) random affine and noise -> the encoder's normalisation.
 
     Args:
         image_size: side ``S`` of the square input.
         intensity, augment, dicom: :class:`IntensityConfig`, :class:`AugmentConfig`, :class:`DicomOptions` fields.
         max_pixels: a file declaring more pixels is refused before it is decoded.
+        crop: :class:`CropConfig` fields (``foreground``).
     """
 
     spatial_dims = 2
 
     def __init__(self, image_size: int = 224, intensity: dict | None = None, augment: dict | None = None,
-                 dicom: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 dicom: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, crop: dict | None = None) -> None:
         self.image_size = int(image_size)
+        self.crop = CropConfig(**dict(crop or {}))
         self.intensity = IntensityConfig(**dict(intensity or {}))
         self.augment = AugmentConfig(**dict(augment or {}))
         self.dicom = DicomOptions(**dict(dicom or {}))
@@ -50,10 +52,11 @@ class RadiographPipeline(ImagePipeline):
 
     def train_transforms(self, weights: WeightsInfo, storage_dtype: type = np.float32) -> Compose:
         return train_transforms(self.image_size, weights, self.intensity, self.augment, self.dicom, storage_dtype,
-                                self.max_pixels)
+                                self.max_pixels, self.crop)
 
     def eval_transforms(self, weights: WeightsInfo, storage_dtype: type = np.float32) -> Compose:
-        return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage_dtype, self.max_pixels)
+        return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage_dtype, self.max_pixels,
+                               self.crop)
 
     def scan_folder(self, folder: Path, root: Path | None = None, allow_outside_root: bool = True) -> Inventory:
         return scan_folder(folder, root, allow_outside_root)
@@ -94,7 +97,8 @@ class RadiographPipeline(ImagePipeline):
         intensity = asdict(self.intensity)
         if not intensity["equalize"]:
             del intensity["equalize"]  # the key before equalisation existed
-        return f"v2-float16|{self.image_size}|{intensity}|{asdict(self.dicom)}|{weights.mean}|{weights.std}"
+        crop = "" if self.crop == CropConfig() else f"|{asdict(self.crop)}"  # the key before cropping existed
+        return f"v2-float16|{self.image_size}|{intensity}|{asdict(self.dicom)}|{weights.mean}|{weights.std}{crop}"
 
     @classmethod
     def from_preprocessing(cls, pre: Any) -> RadiographPipeline:
