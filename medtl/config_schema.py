@@ -75,6 +75,7 @@ class DataSchema:
     train_subset_seed: int = 0
     image_size: int = 224
     batch_size: int = 32
+    sampling: str = choices("shuffle", "balanced", default="shuffle")
     num_workers: Any = 0  # a count or auto (checked by the data module)
     cache: str = choices("memory", "disk", "none", default="memory")
     cache_dir: str = "~/.cache/medtl/images"
@@ -203,6 +204,14 @@ class AdaptationSchema:
 
 
 @dataclass
+class ObjectiveSchema:
+    """``medtl.objectives.build_objective`` (the method name is checked against the registry)."""
+
+    method: str = "erm"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class EvaluationSchema:
     """``medtl.engine.evaluation.Evaluator``."""
 
@@ -231,6 +240,11 @@ class PredictSchema:
 
 
 @dataclass
+class CropSchema:
+    foreground: Optional[float] = None
+
+
+@dataclass
 class RadiographPipelineSchema:
     """``medtl.data.pipelines.RadiographPipeline``."""
 
@@ -239,6 +253,7 @@ class RadiographPipelineSchema:
     augment: AugmentSchema = field(default_factory=AugmentSchema)
     dicom: DicomSchema = field(default_factory=DicomSchema)
     max_pixels: int = 2**28
+    crop: CropSchema = field(default_factory=CropSchema)
 
 
 @dataclass
@@ -276,12 +291,13 @@ SCHEMAS: dict[str, type] = {
     "medtl.engine.Trainer": TrainerSchema,
     "medtl.tracking.MlflowTracker": TrackingSchema,
     "medtl.adaptation.build_adaptation": AdaptationSchema,
+    "medtl.objectives.build_objective": ObjectiveSchema,
     "medtl.engine.evaluation.Evaluator": EvaluationSchema,
     "medtl.data.pipelines.RadiographPipeline": RadiographPipelineSchema,
     "medtl.data.pipelines.VolumePipeline": VolumePipelineSchema,
 }
 NESTED_NODES = ("data.pipeline",)  # nodes with their own _target_ inside a group
-ROOT_KEYS = ("data", "model", "adaptation", "trainer", "tracking", "evaluation", "experiment_name", "seed",
+ROOT_KEYS = ("data", "model", "adaptation", "objective", "trainer", "tracking", "evaluation", "experiment_name", "seed",
              "optimized_metric", "hydra")
 
 

@@ -16,6 +16,7 @@ from medtl.adaptation.adabn import recompute_batchnorm_statistics, source_statis
 from medtl.data import ImageClassificationData
 from medtl.data.domains import run_loaders
 from medtl.data.external import ExternalSet, read_external_sets
+from medtl.data.shortcuts import feature_collection_probe
 from medtl.engine import Trainer
 from medtl.engine.domain import DomainReport, evaluate_target
 from medtl.engine.evaluation import EvaluationReport, Evaluator
@@ -23,6 +24,7 @@ from medtl.engine.state import RunFolder, TrainingState, find_run_folder, prune_
 from medtl.errors import MedtlError
 from medtl.models import TransferModel, list_encoders
 from medtl.models.card import Architecture, ModelCard, Preprocessing
+from medtl.objectives import SourceObjective, bind_objective, shortcut_plan
 from medtl.engine.loop import FitResult, Predictions
 from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
@@ -34,6 +36,8 @@ from medtl.tracking.run_info import model_card as model_card_text, run_descripti
 __all__ = ["run_training", "resume_point", "final_validation", "model_card"]
 
 if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
     from medtl.data.check import CheckReport
 
 log = logging.getLogger("medtl.train")
@@ -56,6 +60,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     model: TransferModel = instantiate(cfg.model, num_classes=len(data.classes),
                                        input_shape=list(data.pipeline.input_shape))
     adaptation: AdaptationMethod = instantiate(cfg.adaptation, num_features=model.encoder.num_features)
+    objective: SourceObjective = instantiate(cfg.objective, num_features=model.encoder.num_features)
+    bind_objective(objective, data.frame, len(data.classes))
+    _say_shortcut_plan(check, objective, cfg, runtime.is_main)
     loaders = run_loaders(data, model.encoder.weights_info, not trainer.trains_on_features(model, adaptation),
                           adaptation.method_name, adaptation.needs_target, adaptation.trains_on_target_labels)
     evaluator: Evaluator = instantiate(cfg.evaluation, classes=data.classes)
@@ -75,11 +82,12 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         else:
             tracker.log_missing_epochs(resumed.history)
         fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
-                          adaptation=adaptation, target_loader=loaders.target_train, resume=resumed)
+                          adaptation=adaptation, target_loader=loaders.target_train, resume=resumed, objective=objective)
         tta = data.pipeline.tta_views if evaluator.tta else None
         final = trainer.predict(model, loaders.source_val, desc="final validation", tta=tta)
         report = evaluator.report(final)
         metrics = _log_report(tracker, report, fit, data)
+        metrics.update(_collection_probe(tracker, trainer, model, loaders.source_val, data))
         if loaders.source_test is not None:  # scored at the threshold validation chose
             test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
@@ -100,6 +108,32 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         _print_summary(metrics, tracker.run_id, registered or model_uri)
     runtime.close()
     return metrics
+
+
+def _collection_probe(tracker: MlflowTracker, trainer: Trainer, model: TransferModel, loader: DataLoader,
+                      data: ImageClassificationData) -> dict[str, float]:
+    """``val/collection_probe_auroc``: how well the trained encoder's features tell a validation image's collection
+    within its class (:func:`medtl.data.shortcuts.feature_collection_probe`); nothing with fewer than two
+    collections."""
+    val = data.frame.query("split == 'val'")
+    if "collection" not in val.columns or val["collection"].nunique() < 2:
+        return {}
+    features = trainer.encode(model, loader, "features for the collection probe")
+    collection_of = dict(zip(val["path"], val["collection"].astype(str)))
+    probe = feature_collection_probe(features.features.numpy(), features.labels,
+                                     [collection_of.get(p, "") for p in features.paths])
+    metrics = {} if probe is None else {"val/collection_probe_auroc": probe}
+    tracker.log_metrics(metrics)
+    return metrics
+
+
+def _say_shortcut_plan(check: CheckReport | None, objective: SourceObjective, cfg: DictConfig, is_main: bool) -> None:
+    """Log what this run does about a shortcut the data check found (or that it does nothing, and what would)."""
+    settings = {"data.intensity.equalize": OmegaConf.select(cfg, "data.intensity.equalize"),
+                "data.pipeline.crop.foreground": OmegaConf.select(cfg, "data.pipeline.crop.foreground")}
+    plan = shortcut_plan(check, objective, [f"{k}={v}".lower() for k, v in settings.items() if v])
+    if plan and is_main:
+        log.warning(plan)
 
 
 def _tracker(cfg: DictConfig, is_main: bool, folder: RunFolder | None) -> MlflowTracker | ReplicaTracker:

@@ -20,7 +20,8 @@ from tests.conftest import compose_config
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # Arguments that medtl.train passes at build time, not the config.
 RUNTIME_ARGUMENTS = {"medtl.models.build_classifier": {"num_classes"}, "medtl.adaptation.build_adaptation":
-                     {"num_features"}, "medtl.engine.evaluation.Evaluator": {"classes"},
+                     {"num_features"}, "medtl.objectives.build_objective": {"num_features"},
+                     "medtl.engine.evaluation.Evaluator": {"classes"},
                      "medtl.tracking.MlflowTracker": {"resume_run_id"}}
 
 
@@ -41,12 +42,13 @@ def test_schema_lists_exactly_the_targets_arguments(target: str) -> None:
 def test_nested_schemas_match_the_dataclasses_the_code_uses() -> None:
     from medtl.data.pipelines.volume import VolumeAugmentConfig
     from medtl.data.readers import DicomOptions
-    from medtl.data.transforms import AugmentConfig, IntensityConfig
+    from medtl.data.transforms import AugmentConfig, CropConfig, IntensityConfig
     from medtl.models.slices import SliceConfig
 
     nested = [("medtl.data.ImageClassificationData", {"intensity": IntensityConfig, "augment": AugmentConfig,
                                                       "dicom": DicomOptions}),
               ("medtl.data.pipelines.VolumePipeline", {"augment": VolumeAugmentConfig}),
+              ("medtl.data.pipelines.RadiographPipeline", {"crop": CropConfig, "intensity": IntensityConfig}),
               ("medtl.models.build_classifier", {"slices": SliceConfig})]
     for target, keys in nested:
         hints = typing.get_type_hints(SCHEMAS[target])

@@ -19,18 +19,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pydicom
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from PIL import Image
 from tqdm.auto import tqdm
 
 from medtl.atomic import write_text_atomic
 from medtl.data.inventory import Inventory, sniff
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiograph
+from medtl.data.shortcuts import (
+    COLLECTION_COLUMNS,
+    COLLECTION_WARNING,
+    ShortcutProbe,
+    collection_warnings,
+    describe_collections,
+    facts_table,
+    infer_collections,
+    probe_shortcut,
+)
 
 if TYPE_CHECKING:
     from medtl.data.pipelines import ImagePipeline
-from medtl.engine.metrics import auroc
 from medtl.errors import MedtlError, exit_on_user_error
 
 __all__ = ["ImageFacts", "CheckReport", "inspect_image", "check_frame", "near_hash_pairs", "main"]
@@ -75,10 +82,28 @@ class CheckReport:
     photometric: dict[str, int]
     inputs: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # property group -> AUROC the shortcut probe loses without it (medtl.data.shortcuts.probe_shortcut)
+    shortcut_properties: dict[str, float] = field(default_factory=dict)
+    # per collection: name, images, labels, distinguishing properties (medtl.data.shortcuts.describe_collections)
+    collections: list[dict[str, Any]] = field(default_factory=list)
+    collections_from: str = ""  # "inferred from image properties" or "manifest column <name>"
+    image_collections: dict[str, str] = field(default_factory=dict)  # path -> its collection's name
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def shortcut_found(self) -> bool:
+        """Whether label-free properties predict the label, or a collection's labels differ from the rest."""
+        return bool(self.shortcut_findings())
+
+    def shortcut_findings(self) -> list[str]:
+        """``["shortcut probe AUROC 0.995", "2 collection(s) whose labels differ"]``, or nothing."""
+        found = [] if self.shortcut_auroc is None or self.shortcut_auroc <= SHORTCUT_WARNING_AUROC else [
+            f"shortcut probe AUROC {self.shortcut_auroc:.3f}"]
+        following = sum(COLLECTION_WARNING in w for w in self.warnings)
+        return found + ([f"{following} collection(s) whose labels differ"] if following else [])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -130,7 +155,8 @@ def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe
     near = _near_duplicate_pairs(frame, facts, good, progress)
     leaks = _split_leaks(frame, exact)
     problems = _problems(frame, facts, leaks) + _row_problems(frame, exact)
-    shortcut = _shortcut_probe(frame.iloc[good], [facts[i] for i in good]) if probe else None
+    shortcuts = _shortcut_findings(frame.iloc[good], [facts[i] for i in good]) if probe else ShortcutFindings()
+    shortcut = shortcuts.probe.auroc if shortcuts.probe else None
     warnings = [f"near-duplicate {leak} (may be a false match: look at them)" for leak in _split_leaks(frame, near)
                 if leak.startswith("duplicate")]
     warnings += [] if has_split else _cross_patient_duplicates(frame, exact)
@@ -138,6 +164,7 @@ def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe
         f"shortcut probe AUROC {shortcut:.3f} > {SHORTCUT_WARNING_AUROC}: label-free image properties (size or "
         "shape, spacing, orientation, intensity histogram, borders, acquisition tags) predict the label; a model "
         "may learn where images came from (or how they were acquired) instead of what they show"]
+    warnings += shortcuts.warnings
     readable = [facts[i] for i in good]
     report = CheckReport(
         counts=_counts(frame), unreadable=[{"path": f.path, "reason": f.reason} for f in facts if not f.readable],
@@ -146,7 +173,10 @@ def check_frame(frame: pd.DataFrame, dicom: DicomOptions = DicomOptions(), probe
         sizes=pd.Series([f.tags.get("shape", f"{f.height}x{f.width}") for f in readable]).value_counts().to_dict(),
         photometric=pd.Series([f.tags.get("PhotometricInterpretation", "non-DICOM") for f in readable]).value_counts().to_dict(),
         inputs=(inventory if inventory is not None else Inventory(used=list(paths))).counts(),
-        skipped=inventory.others if inventory is not None else [])
+        skipped=inventory.others if inventory is not None else [],
+        shortcut_properties=shortcuts.probe.importances if shortcuts.probe else {},
+        collections=shortcuts.collections, collections_from=shortcuts.source,
+        image_collections=dict(zip(frame.loc[good, "path"], shortcuts.names)))
     return report, facts
 
 
@@ -281,21 +311,29 @@ def _counts(frame: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def _shortcut_probe(frame: pd.DataFrame, facts: list[ImageFacts]) -> float | None:
-    """Patient-grouped 5-fold cross-validated AUROC of a boosted-tree classifier on label-free facts."""
-    labels = pd.Categorical(frame["label"]).codes
-    if len(set(labels)) < 2 or frame["patient_id"].nunique() < 10:
-        return None
-    table = pd.DataFrame([f.features for f in facts])
-    tags = pd.DataFrame([f.tags for f in facts]).drop(columns=["PhotometricInterpretation", "shape"], errors="ignore")
-    for column in tags.columns:  # categorical acquisition tags as integer codes
-        table[f"tag_{column}"] = pd.Categorical(tags[column].fillna("")).codes
-    folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
-    # sklearn's default leaf size (20) cannot split a set of a few dozen volumes; small sets get smaller leaves.
-    model = HistGradientBoostingClassifier(max_iter=100, random_state=0, min_samples_leaf=max(2, min(20, len(table) // 10)))
-    probs = cross_val_predict(model, table.to_numpy(), labels, groups=frame["patient_id"].to_numpy(), cv=folds,
-                              method="predict_proba")
-    return auroc(labels, probs[:, 1] if probs.shape[1] == 2 else probs)
+@dataclass
+class ShortcutFindings:
+    probe: ShortcutProbe | None = None
+    collections: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # each image's collection, in the frame's order
+
+
+def _shortcut_findings(frame: pd.DataFrame, facts: list[ImageFacts]) -> ShortcutFindings:
+    """The shortcut probe with its property importances, and the collections (a ``domain``/``site`` column of the
+    manifest, else inferred from the same properties) with their label balance."""
+    if not facts:
+        return ShortcutFindings()
+    table = facts_table(facts)
+    probe = probe_shortcut(table, frame["label"], frame["patient_id"])
+    column = next((c for c in COLLECTION_COLUMNS if c in frame.columns and frame[c].notna().all()), None)
+    if column is not None:
+        names, source = frame[column].astype(str).to_numpy(), f"manifest column {column}"
+    else:
+        names, source = np.array([f"c{i}" for i in infer_collections(table)]), "inferred from image properties"
+    collections = describe_collections(frame["label"], names, table)
+    return ShortcutFindings(probe, collections, source, collection_warnings(collections, source), list(names))
 
 
 def format_report(report: CheckReport) -> str:
@@ -304,12 +342,31 @@ def format_report(report: CheckReport) -> str:
              f"image sizes: {dict(list(report.sizes.items())[:5])}", f"photometric: {report.photometric}",
              f"unreadable: {len(report.unreadable)}, exact duplicate groups: {len(report.exact_duplicates)}, "
              f"near-duplicate pairs: {len(report.near_duplicates)}",
-             "shortcut probe AUROC: " + ("n/a" if report.shortcut_auroc is None else f"{report.shortcut_auroc:.3f}")]
+             "shortcut probe AUROC: " + ("n/a" if report.shortcut_auroc is None else f"{report.shortcut_auroc:.3f}")
+             + _carried_by(report.shortcut_properties)]
+    lines += _collection_lines(report)
     lines += _capped("SKIPPED", [f"{s['path']}: {s['status']}, {s['reason']}" for s in report.skipped])
     lines += _capped("PROBLEM", report.problems) + _capped("WARNING", report.warnings)
     lines.append("OK: nothing found that would corrupt training or evaluation" if report.ok else
                  f"FAILED: {len(report.problems)} problem(s)")
     return "\n".join(lines)
+
+
+def _carried_by(importances: dict[str, float], shown: int = 4) -> str:
+    """``, carried by: borders and background 0.21, ...`` (AUROC lost without each group), or nothing."""
+    carried = [f"{group} {loss:.2f}" for group, loss in list(importances.items())[:shown] if loss >= 0.005]
+    return f" (carried by, AUROC lost without it: {', '.join(carried)})" if carried else ""
+
+
+def _collection_lines(report: CheckReport) -> list[str]:
+    if len(report.collections) < 2:
+        return [f"collections: one ({report.collections_from})"] if report.collections else []
+    lines = [f"collections ({report.collections_from}): {len(report.collections)}"]
+    for collection in report.collections:
+        labels = ", ".join(f"{label} {count}" for label, count in collection["labels"].items())
+        apart = ", ".join(f"{name} {value:+.1f}" for name, value in collection["distinguishing"].items())
+        lines.append(f"  {collection['name']}: {collection['images']} images ({labels}); set apart by {apart}")
+    return lines
 
 
 def _capped(kind: str, messages: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import pandas as pd
 from monai.data import CacheDataset, DataLoader, Dataset
+from torch.utils.data import WeightedRandomSampler
 
 from medtl.data.cache import CheckedPersistentDataset, refuse_if_memory_short
 from medtl.data.inventory import REFUSED, Inventory
@@ -67,8 +68,11 @@ class ImageClassificationData:
                  train_subset_seed: int = 0, label_map: dict[str, str] | None = None,
                  classes: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  allow_outside_root: bool = False, reviews: str | None = None,
-                 pipeline: ImagePipeline | None = None) -> None:
+                 pipeline: ImagePipeline | None = None, sampling: str = "shuffle") -> None:
         self.root, self.manifest, self.demo, self.demo_dir = root, manifest, demo, demo_dir
+        if sampling not in ("shuffle", "balanced"):
+            raise MedtlError(f"data.sampling='{sampling}' is unknown; use shuffle or balanced")
+        self.sampling = sampling
         self.positive_class, self.patient_id_patterns = positive_class, list(patient_id_patterns)
         self.val_fraction, self.split_seed, self.max_images = val_fraction, split_seed, max_images
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, loader_workers(num_workers)
@@ -177,13 +181,19 @@ class ImageClassificationData:
 
     def run_checks(self, report: CheckReport | None = None) -> CheckReport | None:
         """Read every image once (``medtl.data.check``; or take ``report``, the check another process ran on the
-        same data) and apply ``on_error`` to unreadable ones.
+        same data) and apply ``on_error`` to unreadable ones. Each image's collection (the manifest's
+        ``domain``/``site``, else inferred from label-free properties) becomes the frame's ``collection`` column.
 
         ``raise`` stops at unreadable images with one line naming the first; ``skip`` drops them and
         keeps them in ``self.skipped``. Returns the report, or ``None`` when ``check`` is off.
         """
         report = self.inspect() if report is None else report
-        if report is None or not report.unreadable:
+        if report is None:
+            return report
+        if report.image_collections:  # what group-aware training balances over (medtl.data.shortcuts)
+            frame = self._require_setup()
+            self.frame = frame.assign(collection=frame["path"].map(report.image_collections))
+        if not report.unreadable:
             return report
         unreadable = pd.DataFrame(report.unreadable).assign(status="unreadable")
         self.skipped = pd.concat([self.skipped, unreadable], ignore_index=True)
@@ -236,7 +246,23 @@ class ImageClassificationData:
         """Training (shuffled; augmented unless ``augment=False``) and validation loaders for ``weights``."""
         train_ds = self.dataset("train", self.transform(weights, augment), weights)
         val_ds = self.dataset("val", self.transform(weights, augment=False), weights)
-        return self.loader(train_ds, shuffle=True), self.loader(val_ds, shuffle=False)
+        return self.train_loader(train_ds), self.loader(val_ds, shuffle=False)
+
+    def train_loader(self, dataset: Dataset) -> DataLoader:
+        """Batches of the ``train`` split's ``dataset``: shuffled, or with ``sampling=balanced`` drawn with
+        replacement so that every collection x class group (the frame's ``collection`` column, which the data
+        check fills) is equally likely; an epoch is still one training set's worth of images."""
+        if self.sampling == "shuffle":
+            return self.loader(dataset, shuffle=True)
+        rows = self._require_setup().query("split == 'train'")
+        if "collection" not in rows.columns or rows["collection"].isna().any():
+            raise MedtlError("data.sampling=balanced needs each training image's collection, which the data check "
+                             "gives: set data.check=true (or add a domain column to the manifest)")
+        groups = rows["collection"].astype(str) + "|" + rows["label"].astype(str)
+        weights = 1.0 / groups.map(groups.value_counts()).to_numpy(dtype=float)  # (N,): 1 / the group's size
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(rows), replacement=True)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
 
     def transform(self, weights: WeightsInfo, augment: bool) -> Any:
         """The pipeline's training (random part after the cached deterministic part) or evaluation transforms."""

@@ -240,7 +240,7 @@ def run_loaders(data: ImageClassificationData, weights: WeightsInfo, augment: bo
     if trains_on_target_labels:
         train, val = data.oracle_loaders(weights, augment)
     else:
-        train = data.loader(data.dataset("train", data.transform(weights, augment), weights), shuffle=True)
+        train = data.train_loader(data.dataset("train", data.transform(weights, augment), weights))
         val = source_val
     return RunLoaders(
         train, val, source_val, _source_test(data, weights),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset, WeightedRandomSampler
 
 from medtl.engine.runtime import resolve_device
 from medtl.errors import MedtlError
@@ -92,6 +92,9 @@ class Runtime:
         :meth:`set_epoch` before each epoch); ``loader`` itself in one process."""
         if not self.distributed:
             return loader
+        if isinstance(getattr(loader, "sampler", None), WeightedRandomSampler):
+            raise MedtlError("data.sampling=balanced is not supported with trainer=ddp yet (each rank would draw "
+                             "from the whole set); use data.sampling=shuffle with objective=group_dro")
         sampler = DistributedSampler(loader.dataset, self.world_size, self.rank, shuffle=True, seed=seed)
         return _like(loader, loader.dataset, max(1, int(loader.batch_size or 1) // self.world_size), sampler)
 

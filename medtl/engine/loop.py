@@ -23,6 +23,7 @@ from medtl.engine.schedule import warmup_cosine_scheduler
 from medtl.engine.state import RunFolder, TrainingState, random_transforms
 from medtl.errors import MedtlError
 from medtl.models.classifier import TransferModel
+from medtl.objectives.registry import SourceBatch, SourceObjective
 
 __all__ = ["Predictions", "FitResult", "Trainer", "TargetStream", "HeadOnly", "FeatureSet", "encode_features", "predict_loader",
            "resolve_device", "tta_views", "validation_loss"]
@@ -230,17 +231,21 @@ class Trainer:
     def fit(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
             score: Callable[[Predictions], dict[str, float]], monitor: str = "auroc",
             on_epoch_end: EpochCallback | None = None, adaptation: AdaptationMethod | None = None,
-            target_loader: DataLoader | None = None, resume: TrainingState | None = None) -> FitResult:
+            target_loader: DataLoader | None = None, resume: TrainingState | None = None,
+            objective: SourceObjective | None = None) -> FitResult:
         """Train; after each epoch compute ``score(val predictions)`` and keep the best ``monitor`` value.
 
         A frozen encoder (``linear_probe``) with ``features.cache`` is run once over both loaders and
         its head trained on the cached features; ``train_loader`` should then be deterministic. An
         ``adaptation`` method that needs target data draws a batch of ``target_loader`` per step and
-        adds its loss on the pooled features and logits of both batches. With ``resume`` (a state that
-        :attr:`run_folder`'s ``last.pt`` held) training continues after its last completed epoch.
+        adds its loss on the pooled features and logits of both batches. ``objective`` (bound to the training
+        images' collections) is the task loss of the encoder's training; cross-entropy when ``None``, and always
+        for a head on cached features. With ``resume`` (a state that :attr:`run_folder`'s ``last.pt`` held)
+        training continues after its last completed epoch.
         """
         start = time.perf_counter()
         target = self._target_stream(model, adaptation, target_loader)
+        objective = self._check_objective(model, adaptation, objective)
         with in_memory_format(model.to(self.device), memory_format_for(model, self.memory_format)):
             if self.trains_on_features(model, adaptation):
                 best = self._fit_head_on_features(model, train_loader, val_loader, score, monitor, on_epoch_end,
@@ -249,7 +254,8 @@ class Trainer:
                 anchor = self._probe_first(model, train_loader, val_loader, score, monitor, on_epoch_end, resume)
                 shard = self.runtime.train_loader(train_loader, seed=torch.initial_seed() % 2**31)
                 best = self._fit_loop(model, shard, val_loader, score, monitor, on_epoch_end, self.max_epochs,
-                                      self.patience, target=target, resume=resume, anchor=anchor, data_parallel=True)
+                                      self.patience, target=target, resume=resume, anchor=anchor, data_parallel=True,
+                                      objective=objective)
                 if anchor and self.interpolate_probe is not None:
                     best = self._interpolate(model, anchor, best)
         best.seconds = time.perf_counter() - start
@@ -259,6 +265,17 @@ class Trainer:
         """Whether :meth:`fit` will train ``model``'s head on cached features (then skip augmentation)."""
         needs_target = adaptation is not None and adaptation.needs_target
         return bool(self.features.get("cache", False)) and not model.strategy.train_encoder and not needs_target
+
+    def _check_objective(self, model: TransferModel, adaptation: AdaptationMethod | None,
+                         objective: SourceObjective | None) -> SourceObjective | None:
+        """``objective``, or ``None`` for plain cross-entropy; one line when it cannot act on this run."""
+        if objective is None or not objective.uses_collections:
+            return objective
+        name = getattr(objective, "objective_name", type(objective).__name__)
+        if self.trains_on_features(model, adaptation) or not model.strategy.train_encoder:
+            raise MedtlError(f"objective={name} changes what the encoder learns, which model.strategy="
+                             f"{model.strategy.name} freezes; use model.strategy=finetune (or objective=erm)")
+        return objective.to(self.device)
 
     def _target_stream(self, model: TransferModel, adaptation: AdaptationMethod | None,
                        target_loader: DataLoader | None) -> TargetStream | None:
@@ -329,6 +346,11 @@ class Trainer:
         log.info("linear probe first: head trained %d epochs on frozen features, val/%s=%.4f; fine-tuning from it",
                  len(probe.history), monitor, probe.best_score)
 
+    def encode(self, model: TransferModel, loader: DataLoader, desc: str = "encoding") -> FeatureSet:
+        """Pooled encoder features ``(N, F)`` of every item of ``loader``, in order (each rank encodes a shard)."""
+        with in_memory_format(model.to(self.device), memory_format_for(model, self.memory_format)):
+            return self._encode(model, loader, desc)
+
     def _encode(self, model: TransferModel, loader: DataLoader, desc: str) -> FeatureSet:
         """:func:`encode_features` of every item of ``loader``, each rank encoding its shard."""
         bfloat16, layout = self._features_in_bfloat16(), current_memory_format(model)
@@ -345,23 +367,24 @@ class Trainer:
                   score: Callable[[Predictions], dict[str, float]], monitor: str, on_epoch_end: EpochCallback | None,
                   max_epochs: int, patience: int, save_best: bool = True,
                   target: TargetStream | None = None, resume: TrainingState | None = None, save: bool = True,
-                  anchor: dict[str, torch.Tensor] | None = None, data_parallel: bool = False) -> FitResult:
+                  anchor: dict[str, torch.Tensor] | None = None, data_parallel: bool = False,
+                  objective: SourceObjective | None = None) -> FitResult:
         """Epochs of :meth:`_train_epoch` and validation, with early stopping and checkpoints. ``data_parallel``:
         ``train_loader`` is this rank's shard and ``model`` trains in the runtime's wrapper (a head on features
         that every rank holds whole trains alike everywhere, unwrapped)."""
         model.to(self.device)
-        optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target)
+        optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target, objective)
         transforms = random_transforms(getattr(getattr(train_loader, "dataset", None), "transform", None))
         averaged = self._averaged(model) if save_best else None  # the encoder trains: weight averaging applies
         state = resume or TrainingState(anchor=dict(anchor or {}))
         if resume is not None:
-            self._restore(state, model, optimizer, scheduler, target, transforms, averaged)
+            self._restore(state, model, optimizer, scheduler, target, transforms, averaged, objective)
         for epoch in range(state.epoch, max_epochs if not state.done else state.epoch):
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
             self.runtime.set_epoch(train_loader, epoch)
             metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target, averaged,
-                                        data_parallel)
+                                        data_parallel, objective)
             scored = averaged.module if averaged is not None else model
             val = self.predict(scored, val_loader)
             metrics.update({f"val/{k}": v for k, v in score(val).items()})
@@ -372,6 +395,7 @@ class Trainer:
                 self._save(RunFolder.BEST, state.best_state)
             state.model, state.optimizer, state.scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
             state.adaptation = target.method.state_dict() if target is not None else {}
+            state.objective = objective.state_dict() if objective is not None else {}
             state.averaged = averaged.state_dict() if averaged is not None else {}
             state.rng = TrainingState.capture_rng(transforms)
             if save:
@@ -393,11 +417,14 @@ class Trainer:
         return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
 
     def _optimiser(self, model: nn.Module, train_loader: DataLoader, max_epochs: int,
-                   target: TargetStream | None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+                   target: TargetStream | None, objective: SourceObjective | None = None,
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         groups = model.param_groups(self.lr)
         if target is not None:
             target.method.to(self.device)
             groups += target.method.param_groups(self.lr)
+        if objective is not None:
+            groups += objective.to(self.device).param_groups(self.lr)
         optimizer = self.optimizer_factory(groups)
         steps = self._steps_per_epoch(train_loader)
         scheduler = warmup_cosine_scheduler(optimizer, round(self.warmup_epochs * steps), max_epochs * steps,
@@ -407,9 +434,10 @@ class Trainer:
     @staticmethod
     def _restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, target: TargetStream | None,
-                 transforms: list, averaged: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+                 transforms: list, averaged: torch.optim.swa_utils.AveragedModel | None = None,
+                 objective: SourceObjective | None = None) -> None:
         """Put a saved :class:`TrainingState` back: weights (and their average), optimiser, schedule, adaptation
-        method, generators."""
+        method, objective, generators."""
         if hasattr(model, "on_epoch_start"):  # gradual unfreezing decides which stages the optimiser steps
             model.on_epoch_start(max(state.epoch - 1, 0))
         model.load_state_dict(state.model)
@@ -419,6 +447,8 @@ class Trainer:
             target.method.load_state_dict(state.adaptation)
         if averaged is not None and state.averaged:
             averaged.load_state_dict(state.averaged)
+        if objective is not None and state.objective:
+            objective.load_state_dict(state.objective)
         TrainingState.restore_rng(state.rng, transforms)
         log.info("resuming after epoch %d (best so far: epoch %d, %.4f)", state.epoch - 1, state.best_epoch,
                  state.best_score)
@@ -436,7 +466,7 @@ class Trainer:
                      scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, max_epochs: int,
                      target: TargetStream | None = None,
                      averaged: torch.optim.swa_utils.AveragedModel | None = None,
-                     data_parallel: bool = False) -> dict[str, float]:
+                     data_parallel: bool = False, objective: SourceObjective | None = None) -> dict[str, float]:
         """One pass over ``loader``; returns ``train/loss``, ``train/images_per_s`` (source images per second, over
         all ranks, data loading included) and, with a target, ``train/adaptation_loss`` and the method's epoch metrics.
         ``model`` is wrapped for data parallelism here, after ``on_epoch_start`` chose what trains."""
@@ -452,12 +482,14 @@ class Trainer:
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
                 break
             fraction = (epoch * steps + step) / (max_epochs * steps)
-            task_loss, adaptation_loss = self._loss(wrapped, batch, target, fraction, layout)
+            task_loss, adaptation_loss = self._loss(wrapped, batch, target, fraction, layout, objective)
             loss = task_loss + adaptation_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if target is not None:
                 self.runtime.average_gradients(target.method.parameters())
+            if objective is not None:
+                self.runtime.average_gradients(objective.parameters())
             if self.grad_clip_norm:
                 nn.utils.clip_grad_norm_([p for p in parameters if p.requires_grad], self.grad_clip_norm)
             optimizer.step()
@@ -471,25 +503,37 @@ class Trainer:
         seconds = time.perf_counter() - start
         metrics = {"train/loss": self.runtime.mean(float(np.mean(losses))),  # over every rank's images
                    "train/images_per_s": self.runtime.mean(images / seconds) * self.runtime.world_size}
+        if objective is not None:
+            metrics.update({f"train/{k}": v for k, v in objective.epoch_metrics().items()})
         if target is None:
             return metrics
         method = {f"train/{k}": v for k, v in target.method.epoch_metrics().items()}
         return {**metrics, "train/adaptation_loss": float(np.mean(adaptation_losses)), **method}
 
     def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None, progress: float,
-              layout: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cross-entropy on the source batch, adaptation loss on source and target features)``; ``model`` may be
-        wrapped (:meth:`Runtime.wrap`), so it is only called, never looked into."""
+              layout: torch.memory_format, objective: SourceObjective | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(the objective's loss on the source batch (cross-entropy by default), adaptation loss on source and
+        target features)``; ``model`` may be wrapped (:meth:`Runtime.wrap`), so it is only called, never looked
+        into."""
         images = to_memory_format(batch["image"].to(self.device, non_blocking=True).float(), layout)  # (B, C, H, W)
         labels = torch.as_tensor(batch["label"], device=self.device)  # (B,)
+        plain = objective is None or not (objective.uses_collections or objective.needs_features)
         with autocast(self.device, self.amp):
-            if target is None:
+            if target is None and plain:
                 return nn.functional.cross_entropy(model(images).float(), labels), images.new_zeros(())
-            both = torch.cat([images, target.next_images(self.device, layout)])  # (B + B_t, C, H, W)
-            features, logits = model(both, return_features=True)  # (B + B_t, F), (B + B_t, K)
+            both = images if target is None else torch.cat([images, target.next_images(self.device, layout)])
+            features, logits = model(both, return_features=True)  # (B [+ B_t], F), (B [+ B_t], K)
             logits, n = logits.float(), len(images)
+            if plain:
+                task = nn.functional.cross_entropy(logits[:n], labels)
+            else:
+                collections = objective.collections(batch["path"], self.device)  # (B,)
+                task = objective.loss(SourceBatch(features[:n], logits[:n], labels, collections, progress))
+            if target is None:
+                return task, images.new_zeros(())
             domains = DomainBatch(features[:n], logits[:n], features[n:], logits[n:], progress)
-            return nn.functional.cross_entropy(logits[:n], labels), target.method.loss(domains).float()
+            return task, target.method.loss(domains).float()
 
     def _steps_per_epoch(self, loader: DataLoader) -> int:
         return min(len(loader), self.max_steps_per_epoch or len(loader))

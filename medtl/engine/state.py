@@ -82,6 +82,7 @@ class TrainingState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=dict)
     adaptation: dict[str, torch.Tensor] = field(default_factory=dict)
+    objective: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's state (group DRO's weights)
     averaged: dict[str, torch.Tensor] = field(default_factory=dict)  # trainer.ema_decay: the weights' average
     anchor: dict[str, torch.Tensor] = field(default_factory=dict)  # trainer.interpolate_probe: the probe's weights
     rng: dict[str, Any] = field(default_factory=dict)

@@ -23,7 +23,8 @@ __all__ = ["compared_params", "override_keys", "path_name", "ALWAYS", "ENCODER_T
 ALWAYS = ("experiment_name", "seed", "model.encoder", "model.strategy", "model.weights", "model.in_channels",
           "model.dropout", "data.image_size", "data.batch_size", "data.positive_class", "data.classes",
           "data.val_fraction", "data.train_fraction", "data.max_images", "data.label_map", "trainer.lr",
-          "trainer.optimizer.weight_decay", "evaluation.threshold", "evaluation.tta")
+          "trainer.optimizer.weight_decay", "evaluation.threshold", "evaluation.tta", "data.intensity.equalize",
+          "data.pipeline.crop.foreground")
 ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.early_stopping_patience",
                     "data.augment.prob", "data.augment.rotate_deg", "data.augment.scale", "data.augment.translate",
                     "data.augment.noise_std", "data.augment.gamma", "data.augment.blur",
@@ -49,7 +50,8 @@ def compared_params(cfg: DictConfig, trains_on_features: bool, dataset: str,
     method = str(OmegaConf.select(cfg, "adaptation.method", default="none"))
     keys, unused = _keys_that_shaped(cfg, trains_on_features, dataset.endswith("-demo"), method)
     extra = [key for key in extra if key not in unused]  # set on the command line, but this run did not use it
-    params: dict[str, Any] = {"data.name": dataset, "adaptation.method": method}
+    params: dict[str, Any] = {"data.name": dataset, "adaptation.method": method,
+                              "objective.method": str(OmegaConf.select(cfg, "objective.method", default="erm"))}
     optimizer = str(OmegaConf.select(cfg, "trainer.optimizer._target_", default="")).rsplit(".", 1)[-1]
     params.update({"trainer.optimizer": optimizer} if optimizer else {})
     if method != "none":
@@ -76,14 +78,16 @@ def _keys_that_shaped(cfg: DictConfig, trains_on_features: bool, demo: bool,
     used, unused = (HEAD_ON_FEATURES, ENCODER_TRAINING) if trains_on_features else (ENCODER_TRAINING, HEAD_ON_FEATURES)
     finetune = OmegaConf.select(cfg, "model.strategy", default=None) == "finetune"
     keys = [*ALWAYS, *used, *(FINETUNE if finetune else ()), *(DEMO if demo else ())]
-    keys += [*ADAPTATION, *_adaptation_options(cfg)] if method != "none" else []
+    keys += [*ADAPTATION, *_options(cfg, "adaptation")] if method != "none" else []
+    keys += _options(cfg, "objective")
     unused += (() if finetune else FINETUNE) + (ADAPTATION if method == "none" else ())
     return keys, unused
 
 
-def _adaptation_options(cfg: DictConfig) -> list[str]:
-    options = OmegaConf.select(cfg, "adaptation.options", default=None) or {}
-    return [f"adaptation.options.{name}" for name in options]
+def _options(cfg: DictConfig, group: str) -> list[str]:
+    """``<group>.options.<name>`` for each option the chosen method of ``group`` has."""
+    options = OmegaConf.select(cfg, f"{group}.options", default=None) or {}
+    return [f"{group}.options.{name}" for name in options]
 
 
 def _target_name(cfg: DictConfig) -> str:

@@ -1,0 +1,84 @@
+"""Training on a confounded set: the data check's collections reach the objective, and the log says what is done."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medtl.data.manifest import write_manifest
+from medtl.train import train
+from tests.conftest import compose_config
+
+
+def confounded_set(folder: Path, n: int = 48) -> Path:
+    """Two classes (a small flat patch or not) from two collections (a brighter texture in a grey border, or a
+    darker one in a black border); 90% of class 'lesion' comes from the grey collection and 90% of 'normal' from
+    the black one."""
+    rng = np.random.default_rng(0)
+    rows = []
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i in range(2 * n):
+        label = "lesion" if i < n else "normal"
+        grey = (label == "lesion") == (i % 10 != 0)
+        image = rng.integers(90, 210, size=(64, 64)) if grey else rng.integers(30, 150, size=(64, 64))
+        if label == "lesion":  # a flat patch in the texture, at its mean: it leaves the histogram as it was
+            image[(yy - 32) ** 2 + (xx - 30) ** 2 < 30] = 150 if grey else 90
+        image[:8], image[-8:], image[:, :8], image[:, -8:] = (120,) * 4 if grey else (0,) * 4
+        image = image.astype(np.uint8)
+        path = folder / label / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        rows.append({"path": str(path), "label": label, "patient_id": f"patient{i}"})
+    return write_manifest(pd.DataFrame(rows), folder / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return confounded_set(tmp_path_factory.mktemp("confounded"))
+
+
+def _overrides(manifest: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [f"data.manifest={manifest}", "data.positive_class=lesion", "data.image_size=64", "data.batch_size=16",
+            "data.cache_workers=1", "model.strategy=finetune", "trainer.max_epochs=1", "trainer.progress=false",
+            "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+@pytest.mark.parametrize("objective", ["group_dro", "collection_adversary"])
+def test_an_objective_trains_on_the_collections_the_check_inferred(manifest: Path, tmp_path: Path, objective: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="medtl.train"):
+        metrics = train(compose_config(_overrides(manifest, tmp_path, f"objective={objective}")))
+    assert np.isfinite(metrics["val/final_auroc"])
+    assert any("data check found a shortcut" in r.message and "this run acts on it" in r.message
+               for r in caplog.records)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["medtl"], output_format="list")[0]
+    assert run.data.params["objective.method"] == objective
+    expected = "train/worst_group_loss" if objective == "group_dro" else "train/collection_adversary_accuracy"
+    assert expected in run.data.metrics
+    check = json.loads(Path(mlflow.artifacts.download_artifacts(run.info.artifact_uri + "/data_check.json",
+                                                                dst_path=str(tmp_path / "dl"))).read_text())
+    assert check["collections_from"] == "inferred from image properties" and len(check["collections"]) == 2
+    assert not any(str(manifest.parent) in key for key in check["image_collections"])  # paths left as cases
+
+
+def test_plain_training_says_it_does_nothing_about_the_shortcut(manifest: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="medtl.train"):
+        train(compose_config(_overrides(manifest, tmp_path, "trainer.max_steps_per_epoch=1")))
+    plan = [r.message for r in caplog.records if "data check found a shortcut" in r.message]
+    assert len(plan) == 1 and "does nothing about it" in plan[0] and "objective=group_dro" in plan[0]
+
+
+def test_an_objective_that_needs_collections_without_the_check_is_a_one_line_error(manifest: Path,
+                                                                                   tmp_path: Path) -> None:
+    from medtl.errors import MedtlError
+
+    with pytest.raises(MedtlError, match="needs each training image's collection.*data.check=true"):
+        train(compose_config(_overrides(manifest, tmp_path, "objective=group_dro", "data.check=false")))
