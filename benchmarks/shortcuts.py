@@ -5,8 +5,10 @@
 
 1. medtl's data check reads every image of the set once, infers its collections from label-free properties
    (``medtl/data/shortcuts.py``) and reports each one's label balance and the properties that carry the shortcut.
-   The assignment is written as the manifest's ``domain`` column (``<work-dir>/<set>/all.csv``, once), so every run
-   balances, weights and probes the same collections.
+   For the split, the same properties are cut into ``--collections`` k-means clusters (4: holding one out must
+   leave at least two to train on, or collection-aware training has nothing to balance); the assignment is written
+   as the manifest's ``domain`` column (``<work-dir>/<set>/all_<k>.csv``, once), so every run balances, weights and
+   probes the same collections.
 2. Leave-one-collection-out: every collection with at least ``--min-per-class`` images of each class is held out
    in turn. Runs train on the other collections (validation carved from them by patient, so "in-collection") and
    score the held-out one as an external set, at the threshold their own validation chose.
@@ -64,23 +66,27 @@ METRICS = ("val_auroc", "heldout_auroc", "heldout_accuracy", "heldout_sensitivit
            "feature_probe_auroc")
 
 
-def build_collections(name: str, work: Path) -> tuple[pd.DataFrame, dict]:
-    """Every image of set ``name`` with its label (mapped) and inferred collection (``domain``), and the data
-    check's findings; computed once under ``work``."""
+def build_collections(name: str, work: Path, count: int) -> tuple[pd.DataFrame, dict]:
+    """Every image of set ``name`` with its label (mapped) and one of ``count`` inferred collections (``domain``),
+    and the data check's findings (its own collections, chosen by silhouette, too); computed once under ``work``."""
     from medtl.data.check import check_frame
     from medtl.data.manifest import read_manifest, scan_tree, write_manifest
+    from medtl.data.shortcuts import describe_collections, facts_table, infer_collections
 
     spec, work = SETS[name], work / name
-    manifest, findings = work / "all.csv", work / "findings.json"
+    manifest, findings = work / f"all_{count}.csv", work / f"findings_{count}.json"
     if not manifest.is_file():
         work.mkdir(parents=True, exist_ok=True)
         frame, _ = scan_tree(spec["data"], spec["patterns"])
         frame["label"] = frame["label"].replace(spec["label_map"])
-        report, _ = check_frame(frame[["path", "label", "patient_id"]])
-        frame["domain"] = frame["path"].map(report.image_collections)
+        report, facts = check_frame(frame[["path", "label", "patient_id"]])
+        table = facts_table(facts)  # every image is readable in the shared sets: facts in the frame's order
+        frame["domain"] = [f"c{i}" for i in infer_collections(table, count=count)]
         findings.write_text(json.dumps({"shortcut_auroc": report.shortcut_auroc,
                                         "shortcut_properties": report.shortcut_properties,
-                                        "collections": report.collections}, indent=2))
+                                        "check_collections": report.collections,
+                                        "collections": describe_collections(frame["label"], frame["domain"], table)},
+                                       indent=2))
         write_manifest(frame[["path", "label", "patient_id", "domain"]], manifest)
     return read_manifest(manifest), json.loads(findings.read_text())
 
@@ -94,6 +100,7 @@ def folds(frame: pd.DataFrame, min_per_class: int) -> list[str]:
 def write_fold(frame: pd.DataFrame, held_out: str, work: Path) -> dict[str, Path]:
     from medtl.data.manifest import write_manifest
 
+    work.mkdir(parents=True, exist_ok=True)
     paths = {"source": work / f"source_without_{held_out}.csv", "heldout": work / f"collection_{held_out}.csv"}
     inside = frame["domain"].astype(str) == held_out
     write_manifest(frame[~inside], paths["source"])
@@ -188,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--min-per-class", type=int, default=30)
+    parser.add_argument("--folds", nargs="*", default=None, help="hold out only these collections (c0, c1...)")
+    parser.add_argument("--collections", type=int, default=4,
+                        help="k-means clusters for the split (the check's own choice, by silhouette, may be fewer)")
     parser.add_argument("--work-dir", default="~/.cache/medtl/shortcuts")
     parser.add_argument("--out-name", default="shortcuts")
     parser.add_argument("--results-dir", default=str(HERE / "results"))
@@ -201,9 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
     findings = {}
     for name in args.sets:
-        frame, findings[name] = build_collections(name, work)
-        for held_out in folds(frame, args.min_per_class):
-            fold = write_fold(frame, held_out, work / name)
+        frame, findings[name] = build_collections(name, work, args.collections)
+        for held_out in (f for f in folds(frame, args.min_per_class) if args.folds is None or f in args.folds):
+            fold = write_fold(frame, held_out, work / name / f"k{args.collections}")
             for seed in args.seeds:
                 for recipe in args.recipes:
                     key = (name, held_out, recipe, seed)

@@ -130,17 +130,21 @@ def _auroc(codes: np.ndarray, scores: np.ndarray) -> float:
     return float(auroc(codes, scores[:, 1] if scores.shape[1] == 2 else scores))
 
 
-def infer_collections(table: pd.DataFrame, max_collections: int = MAX_COLLECTIONS, seed: int = 0) -> np.ndarray:
+def infer_collections(table: pd.DataFrame, max_collections: int = MAX_COLLECTIONS, seed: int = 0,
+                      count: int | None = None) -> np.ndarray:
     """``(N,)`` collection index of each image, inferred from its ``(N, F)`` properties without labels.
 
     Columns are standardised (z-scores; constant columns dropped), then k-means for
     k = 2..``max_collections``; the k with the best mean silhouette wins if that silhouette reaches
-    :data:`MIN_SILHOUETTE`, otherwise every image is one collection (index 0). Collections are numbered by size,
-    largest first.
+    :data:`MIN_SILHOUETTE`, otherwise every image is one collection (index 0). ``count``: exactly that many
+    k-means clusters instead (a leave-one-collection-out split needs at least three). Collections are numbered by
+    size, largest first.
     """
     standardised, _ = _standardise(table)
     if standardised.shape[1] == 0 or len(standardised) < 4:
         return np.zeros(len(table), dtype=int)
+    if count is not None:
+        return _numbered_by_size(KMeans(n_clusters=count, n_init=4, random_state=seed).fit_predict(standardised))
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(standardised), size=min(SILHOUETTE_SAMPLE, len(standardised)), replace=False)
     best, best_score = np.zeros(len(table), dtype=int), MIN_SILHOUETTE

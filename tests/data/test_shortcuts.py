@@ -139,3 +139,10 @@ def test_feature_probe_sees_collection_information_beyond_the_label() -> None:
     assert feature_collection_probe(with_collection, labels, collections) > 0.95
     assert abs(feature_collection_probe(label_only, labels, collections) - 0.5) < 0.1
     assert feature_collection_probe(label_only, labels, ["a"] * 400) is None  # one collection: nothing to tell
+
+
+def test_a_fixed_number_of_collections_is_cut_when_asked() -> None:
+    """``count`` overrides the silhouette's choice, even on one homogeneous set; numbered by size."""
+    inferred = infer_collections(_table(300, seed=4), count=3)
+    sizes = np.bincount(inferred)
+    assert len(sizes) == 3 and list(sizes) == sorted(sizes, reverse=True)

@@ -1,0 +1,42 @@
+"""The shortcut benchmark: collections written once, leave-one-collection-out runs, table and plot, resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.benchmarks import load_benchmark
+from tests.objectives.test_shortcut_training import confounded_set
+
+
+def test_smoke_run_holds_out_each_collection_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_benchmark("shortcuts")
+    folder = tmp_path / "set"
+    confounded_set(folder, n=60)
+    (folder / "manifest.csv").unlink()  # a class-per-folder tree, as the shared sets are
+    monkeypatch.setitem(module.SETS, "smoke", {"data": folder, "experiment": "brain_mri", "positive": "lesion",
+                                               "label_map": {}, "patterns": []})
+    args = ["--set", "smoke", "--recipes", "erm", "group_dro", "--seeds", "0", "--collections", "3",
+            "--min-per-class", "3", "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path),
+            "--out-name", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "data.image_size=32", "data.batch_size=8", "trainer.max_steps_per_epoch=2", "trainer.max_epochs=1",
+            "data.val_fraction=0.3",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    module.main(args)
+    frame = pd.read_csv(tmp_path / "work" / "smoke" / "all_3.csv")
+    assert sorted(frame["domain"].unique()) == ["c0", "c1", "c2"] and len(frame) == 120
+    runs = [json.loads(line) for line in (tmp_path / "smoke_runs.jsonl").read_text().splitlines()]
+    folds = module.folds(frame, 3)
+    assert len(runs) == 2 * len(folds) >= 2 and {r["heldout"] for r in runs} == set(folds)
+    assert all(0.0 <= r["heldout_auroc"] <= 1.0 and 0.0 <= r["heldout_accuracy"] <= 1.0 for r in runs)
+    for held_out in folds:  # the held-out collection is never trained on
+        source = pd.read_csv(tmp_path / "work" / "smoke" / "k3" / f"source_without_{held_out}.csv")
+        assert held_out not in set(source["domain"]) and len(source) + (frame["domain"] == held_out).sum() == 120
+    module.main(args)  # everything is done: nothing runs again
+    assert len((tmp_path / "smoke_runs.jsonl").read_text().splitlines()) == len(runs)
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| set | heldout | recipe | seeds | minutes | val AUROC (in-collection) | held-out AUROC |" in table
+    assert "`group_dro`: `objective=group_dro`" in table and "image-property probe AUROC" in table
+    assert (tmp_path / "smoke.png").stat().st_size > 1000
