@@ -1,11 +1,10 @@
 """Build the adaptation method that ``conf/adaptation/<name>.yaml`` describes."""
 from __future__ import annotations
 
-import inspect
-
 from medtl.adaptation.entropy import Combined, EntropyMinimisation
 from medtl.adaptation.registry import AdaptationMethod, _METHODS, create_adaptation
 from medtl.errors import MedtlError
+from medtl.registries import checked_options
 
 __all__ = ["build_adaptation"]
 
@@ -14,16 +13,10 @@ def build_adaptation(method: str, num_features: int, weight: float = 1.0, entrop
                      options: dict | None = None) -> AdaptationMethod:
     """The registered ``method`` (``options`` are its own arguments), plus entropy minimisation on the
     target predictions when ``entropy_weight > 0``. ``num_features`` is the encoder's pooled size."""
-    options = dict(options or {})
     if method not in _METHODS:
         create_adaptation(method)  # raises the one-line error listing the methods
-    accepted = inspect.signature(_METHODS[method].__init__).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise MedtlError(f"adaptation.options {unknown} are not arguments of adaptation '{method}'; "
-                         f"it takes {sorted(set(accepted) - {'self', 'weight', 'num_features'})}")
-    if "num_features" in accepted:
-        options["num_features"] = num_features
+    options = checked_options(_METHODS[method], "adaptation", method, dict(options or {}),
+                              {"num_features": num_features}, reserved=["weight"])
     chosen = create_adaptation(method, weight=weight, **options)
     if entropy_weight < 0:
         raise MedtlError(f"adaptation.entropy_weight={entropy_weight} must be >= 0")

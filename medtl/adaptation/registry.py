@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
+from medtl.registries import registrar
 
 __all__ = ["DomainBatch", "AdaptationMethod", "NoAdaptation", "register_adaptation", "create_adaptation",
            "list_adaptations"]
@@ -74,15 +75,7 @@ _METHODS: dict[str, Callable[..., AdaptationMethod]] = {}
 
 def register_adaptation(name: str) -> Callable[[type[AdaptationMethod]], type[AdaptationMethod]]:
     """Register an :class:`AdaptationMethod` subclass under ``name``."""
-
-    def decorator(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
-        if name in _METHODS:
-            raise ValueError(f"adaptation method '{name}' is registered twice")
-        _METHODS[name] = cls
-        cls.method_name = name
-        return cls
-
-    return decorator
+    return registrar(_METHODS, "adaptation method", name, "method_name")
 
 
 def create_adaptation(name: str, **kwargs: object) -> AdaptationMethod:

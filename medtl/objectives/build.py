@@ -1,7 +1,6 @@
 """Build the objective that ``conf/objective/<name>.yaml`` describes."""
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -9,6 +8,7 @@ import pandas as pd
 
 from medtl.errors import MedtlError
 from medtl.objectives.registry import _OBJECTIVES, SourceObjective, create_objective
+from medtl.registries import checked_options
 
 if TYPE_CHECKING:
     from medtl.data.check import CheckReport
@@ -19,16 +19,10 @@ __all__ = ["build_objective", "bind_objective", "shortcut_plan"]
 def build_objective(method: str, num_features: int, options: dict | None = None) -> SourceObjective:
     """The registered ``method`` with ``options`` (its own arguments); ``num_features`` is the encoder's pooled
     size, passed to objectives that take it."""
-    options = dict(options or {})
     if method not in _OBJECTIVES:
         create_objective(method)  # raises the one-line error listing the objectives
-    accepted = inspect.signature(_OBJECTIVES[method].__init__).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise MedtlError(f"objective.options {unknown} are not arguments of objective '{method}'; "
-                         f"it takes {sorted(set(accepted) - {'self', 'num_features'})}")
-    if "num_features" in accepted:
-        options["num_features"] = num_features
+    options = checked_options(_OBJECTIVES[method], "objective", method, dict(options or {}),
+                              {"num_features": num_features})
     return create_objective(method, **options)
 
 

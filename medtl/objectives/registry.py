@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
+from medtl.registries import registrar
 
 __all__ = ["SourceBatch", "SourceObjective", "CrossEntropy", "register_objective", "create_objective",
            "list_objectives"]
@@ -89,15 +90,7 @@ _OBJECTIVES: dict[str, Callable[..., SourceObjective]] = {}
 
 def register_objective(name: str) -> Callable[[type[SourceObjective]], type[SourceObjective]]:
     """Register a :class:`SourceObjective` subclass under ``name`` (``objective=<name>``)."""
-
-    def decorator(cls: type[SourceObjective]) -> type[SourceObjective]:
-        if name in _OBJECTIVES:
-            raise ValueError(f"objective '{name}' is registered twice")
-        _OBJECTIVES[name] = cls
-        cls.objective_name = name
-        return cls
-
-    return decorator
+    return registrar(_OBJECTIVES, "objective", name, "objective_name")
 
 
 def list_objectives() -> list[str]:
