@@ -268,7 +268,8 @@ class Trainer:
 
     def _check_objective(self, model: TransferModel, adaptation: AdaptationMethod | None,
                          objective: SourceObjective | None) -> SourceObjective | None:
-        """``objective``, or ``None`` for plain cross-entropy; one line when it cannot act on this run."""
+        """``objective`` as given (on the device when it acts on collections; ``None``: plain cross-entropy); one
+        line when it cannot act on this run (a frozen encoder)."""
         if objective is None or not objective.uses_collections:
             return objective
         name = getattr(objective, "objective_name", type(objective).__name__)

@@ -17,6 +17,9 @@ class GroupDRO(SourceObjective):
     of the batch. Groups where the shortcut does not hold (tumours of the mostly-normal collection) are few and
     hard; ERM may ignore them, group DRO may not.
 
+    Under ``trainer=ddp`` each rank updates its own weights from its own shard's batches (gradients are averaged as
+    usual); they drift apart a little, which no test bounds yet.
+
     Args:
         step_size: ``eta`` of the exponentiated-gradient step on the group weights (Sagawa et al.: 0.01).
     """
