@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import pandas as pd
 from monai.data import CacheDataset, DataLoader, Dataset
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 
 from medtl.data.cache import CheckedPersistentDataset, refuse_if_memory_short
 from medtl.data.inventory import REFUSED, Inventory
@@ -260,9 +260,8 @@ class ImageClassificationData:
                              "gives: set data.check=true (or add a domain column to the manifest)")
         groups = rows["collection"].astype(str) + "|" + rows["label"].astype(str)
         weights = 1.0 / groups.map(groups.value_counts()).to_numpy(dtype=float)  # (N,): 1 / the group's size
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(rows), replacement=True)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+        return self.loader(dataset, shuffle=False,
+                           sampler=WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True))
 
     def transform(self, weights: WeightsInfo, augment: bool) -> Any:
         """The pipeline's training (random part after the cached deterministic part) or evaluation transforms."""
@@ -271,10 +270,12 @@ class ImageClassificationData:
             return self.pipeline.train_transforms(weights, storage)
         return self.pipeline.eval_transforms(weights, storage)
 
-    def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        """Batches of ``dataset``; on a CUDA machine in pinned memory, so copies to the GPU overlap compute."""
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+    def loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+        """Batches of ``dataset`` (in ``sampler``'s order when given); on a CUDA machine in pinned memory, so copies
+        to the GPU overlap compute."""
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0)
 
     def items(self, split: str, frame: pd.DataFrame | None = None) -> list[dict[str, Any]]:
         """Dataset items of ``split`` of ``frame`` (the source by default):
