@@ -27,11 +27,11 @@ from medtl.data.inventory import Inventory, sniff
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiograph
 from medtl.data.shortcuts import (
     COLLECTION_COLUMNS,
-    COLLECTION_WARNING,
     ShortcutProbe,
     collection_warnings,
     describe_collections,
     facts_table,
+    imbalanced_collections,
     infer_collections,
     probe_shortcut,
 )
@@ -102,7 +102,7 @@ class CheckReport:
         """``["shortcut probe AUROC 0.995", "2 collection(s) whose labels differ"]``, or nothing."""
         found = [] if self.shortcut_auroc is None or self.shortcut_auroc <= SHORTCUT_WARNING_AUROC else [
             f"shortcut probe AUROC {self.shortcut_auroc:.3f}"]
-        following = sum(COLLECTION_WARNING in w for w in self.warnings)
+        following = len(imbalanced_collections(self.collections))
         return found + ([f"{following} collection(s) whose labels differ"] if following else [])
 
     def to_json(self) -> str:

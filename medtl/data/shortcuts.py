@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROPERTY_GROUPS", "ShortcutProbe", "property_group", "facts_table", "probe_shortcut",
            "infer_collections", "describe_collections", "collection_warnings", "feature_collection_probe",
-           "COLLECTION_COLUMNS", "COLLECTION_WARNING"]
+           "COLLECTION_COLUMNS", "COLLECTION_WARNING", "imbalanced_collections"]
 
 #: property group -> the feature-name prefixes it holds (first match wins; other names are their own group)
 PROPERTY_GROUPS: dict[str, tuple[str, ...]] = {
@@ -192,23 +192,28 @@ def describe_collections(labels: Sequence, names: Sequence, table: pd.DataFrame)
     return described
 
 
-def collection_warnings(collections: list[dict], source: str) -> list[str]:
-    """One warning per collection whose label shares differ from the whole set's by :data:`IMBALANCE_WARNING`."""
+def imbalanced_collections(collections: list[dict]) -> list[tuple[dict, str, float, float]]:
+    """``(collection, label, share, overall share)`` for each collection whose share of some label differs from
+    the whole set's by :data:`IMBALANCE_WARNING` or more; ``label`` is the one it holds more of than the set."""
     if len(collections) < 2:
         return []
     totals = pd.DataFrame([c["labels"] for c in collections]).fillna(0).sum()
     overall = totals / totals.sum()
-    warnings = []
+    found = []
     for collection in collections:
         shares = pd.Series(collection["labels"], dtype=float).reindex(overall.index, fill_value=0.0)
         shares = shares / max(1.0, shares.sum())
-        label = (shares - overall).idxmax()  # the label this collection holds more of than the whole set
-        gap = float((shares - overall).abs().max())
-        if gap >= IMBALANCE_WARNING:
-            warnings.append(f"collection {collection['name']} ({source}, {collection['images']} images) is "
-                            f"{shares[label]:.0%} '{label}' against {overall[label]:.0%} overall: {COLLECTION_WARNING}, "
-                            "so a model can learn the collection instead of the finding")
-    return warnings
+        label = (shares - overall).idxmax()
+        if float((shares - overall).abs().max()) >= IMBALANCE_WARNING:
+            found.append((collection, str(label), float(shares[label]), float(overall[label])))
+    return found
+
+
+def collection_warnings(collections: list[dict], source: str) -> list[str]:
+    """One warning per collection of :func:`imbalanced_collections`."""
+    return [f"collection {collection['name']} ({source}, {collection['images']} images) is {share:.0%} '{label}' "
+            f"against {overall:.0%} overall: {COLLECTION_WARNING}, so a model can learn the collection instead of "
+            "the finding" for collection, label, share, overall in imbalanced_collections(collections)]
 
 
 def feature_collection_probe(features: np.ndarray, labels: Sequence, collections: Sequence, folds: int = 5,

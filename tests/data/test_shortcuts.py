@@ -107,6 +107,9 @@ def test_check_reports_importances_and_collections_inferred_or_from_the_domain_c
     assert inferred.collections_from == "inferred from image properties" and len(inferred.collections) == 2
     assert sorted(c["images"] for c in inferred.collections) == [40, 40]
     assert sum("the label follows the collection" in w for w in inferred.warnings) == 2
+    assert inferred.shortcut_findings()[-1] == "2 collection(s) whose labels differ"
+    inferred.warnings = []  # the findings come from the collections, not from the warnings' text
+    assert inferred.shortcut_found and inferred.shortcut_findings()[-1] == "2 collection(s) whose labels differ"
     text = format_report(inferred)
     assert "carried by" in text and "borders and background" in text and "collections (inferred" in text
     labelled, _ = check_frame(frame, progress=False)
