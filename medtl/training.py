@@ -36,8 +36,6 @@ from medtl.tracking.run_info import model_card as model_card_text, run_descripti
 __all__ = ["run_training", "resume_point", "final_validation", "model_card"]
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
-
     from medtl.data.check import CheckReport
 
 log = logging.getLogger("medtl.train")
@@ -84,10 +82,11 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
                           adaptation=adaptation, target_loader=loaders.target_train, resume=resumed, objective=objective)
         tta = data.pipeline.tta_views if evaluator.tta else None
-        final = trainer.predict(model, loaders.source_val, desc="final validation", tta=tta)
+        final = trainer.predict(model, loaders.source_val, desc="final validation", tta=tta,
+                                features=_validation_collections(data) is not None)
         report = evaluator.report(final)
         metrics = _log_report(tracker, report, fit, data)
-        metrics.update(_collection_probe(tracker, trainer, model, loaders.source_val, data))
+        metrics.update(_collection_probe(tracker, final, data))
         if loaders.source_test is not None:  # scored at the threshold validation chose
             test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
@@ -110,18 +109,22 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _collection_probe(tracker: MlflowTracker, trainer: Trainer, model: TransferModel, loader: DataLoader,
-                      data: ImageClassificationData) -> dict[str, float]:
-    """``val/collection_probe_auroc``: how well the trained encoder's features tell a validation image's collection
-    within its class (:func:`medtl.data.shortcuts.feature_collection_probe`); nothing with fewer than two
-    collections."""
+def _validation_collections(data: ImageClassificationData) -> dict[str, str] | None:
+    """Validation path -> its collection (the data check's frame column), or ``None`` with fewer than two."""
     val = data.frame.query("split == 'val'")
     if "collection" not in val.columns or val["collection"].nunique() < 2:
+        return None
+    return dict(zip(val["path"], val["collection"].astype(str)))
+
+
+def _collection_probe(tracker: MlflowTracker, final: Predictions, data: ImageClassificationData) -> dict[str, float]:
+    """``val/collection_probe_auroc``: how well the trained encoder's features (``final.features``, from the final
+    validation pass) tell a validation image's collection within its class
+    (:func:`medtl.data.shortcuts.feature_collection_probe`); nothing with fewer than two collections."""
+    collection_of = _validation_collections(data)
+    if collection_of is None or final.features is None:
         return {}
-    features = trainer.encode(model, loader, "features for the collection probe")
-    collection_of = dict(zip(val["path"], val["collection"].astype(str)))
-    probe = feature_collection_probe(features.features.numpy(), features.labels,
-                                     [collection_of.get(p, "") for p in features.paths])
+    probe = feature_collection_probe(final.features, final.labels, [collection_of.get(p, "") for p in final.paths])
     metrics = {} if probe is None else {"val/collection_probe_auroc": probe}
     tracker.log_metrics(metrics)
     return metrics

@@ -34,17 +34,20 @@ EpochCallback = Callable[[dict[str, float], int], None]  # (metrics, epoch)
 
 @dataclass
 class Predictions:
-    """Model outputs over a loader: ``probs`` ``(N, K)`` softmax, ``labels`` ``(N,)`` (-1 when unknown)."""
+    """Model outputs over a loader: ``probs`` ``(N, K)`` softmax, ``labels`` ``(N,)`` (-1 when unknown), and when
+    asked for, the pooled encoder ``features`` ``(N, F)`` of the unaugmented view."""
 
     probs: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    features: np.ndarray | None = None
 
     @staticmethod
     def interleaved(parts: list[Predictions]) -> Predictions:
         """The predictions of :meth:`Runtime.shard`'s shards, in the loader's order."""
+        features = None if parts[0].features is None else interleave([p.features for p in parts])
         return Predictions(interleave([p.probs for p in parts]), interleave([p.labels for p in parts]),
-                           interleave([p.paths for p in parts]))
+                           interleave([p.paths for p in parts]), features)
 
 
 @dataclass
@@ -69,24 +72,31 @@ def tta_views(images: torch.Tensor, shift_fraction: float = 0.04) -> list[torch.
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
                    progress: bool = True, desc: str = "predict", tta: TTAViews | bool | None = None,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> Predictions:
+                   memory_format: torch.memory_format = torch.contiguous_format,
+                   features: bool = False) -> Predictions:
     """Softmax probabilities ``(N, K)`` of ``model`` over ``loader`` (batches of ``(B, C, *spatial)`` inputs);
     with ``tta`` (the image pipeline's ``tta_views``; ``True``: radiograph views) the mean over its views.
-    ``memory_format`` is the layout the inputs are given in (the model's, see :mod:`medtl.engine.runtime`)."""
+    ``memory_format`` is the layout the inputs are given in (the model's, see :mod:`medtl.engine.runtime`).
+    ``features``: also keep the pooled features ``(N, F)`` of the first (unaugmented) view, from the same pass;
+    ``model`` must then be a :class:`~medtl.models.TransferModel`."""
     views_of = tta_views if tta is True else (tta or None)
     model.to(device)
     if not isinstance(model, torch.fx.GraphModule):  # exported (pt2) graphs are in eval form and refuse .eval()
         model.eval()
-    probs, labels, paths = [], [], []
+    probs, labels, paths, pooled = [], [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         images = to_memory_format(batch["image"].to(device, non_blocking=True).float(), memory_format)  # (B, C, H, W)
         views = views_of(images) if views_of else [images]
         with autocast(device, amp):
-            batch_probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)  # (B, K)
+            outputs = [model(v, return_features=True) if features else (None, model(v)) for v in views]
+            batch_probs = torch.stack([torch.softmax(logits.float(), dim=1) for _, logits in outputs]).mean(0)  # (B, K)
+        if features:
+            pooled.append(outputs[0][0].float().cpu().numpy())  # (B, F)
         probs.append(batch_probs.cpu().numpy())
         labels.append(np.asarray(batch.get("label", np.full(len(images), -1))))
         paths.extend(batch["path"])
-    return Predictions(np.concatenate(probs), np.concatenate(labels).astype(int), paths)
+    return Predictions(np.concatenate(probs), np.concatenate(labels).astype(int), paths,
+                       np.concatenate(pooled) if features else None)
 
 
 @dataclass
@@ -455,12 +465,14 @@ class Trainer:
                  state.best_score)
 
     def predict(self, model: nn.Module, loader: DataLoader, desc: str = "predict",
-                tta: TTAViews | bool | None = None) -> Predictions:
-        """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order."""
+                tta: TTAViews | bool | None = None, features: bool = False) -> Predictions:
+        """Softmax probabilities ``(N, K)`` for every item of ``loader``, in order (with ``features``, also the
+        pooled features ``(N, F)``: see :func:`predict_loader`)."""
         layout = memory_format_for(model, self.memory_format)
         with in_memory_format(model.to(self.device), layout):
             part = predict_loader(model, self.runtime.shard(loader), self.device, amp=self.amp,
-                                  progress=self.progress, desc=desc, tta=tta, memory_format=layout)
+                                  progress=self.progress, desc=desc, tta=tta, memory_format=layout,
+                                  features=features)
         return self.runtime.gather(part, Predictions.interleaved)
 
     def _train_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,

@@ -105,6 +105,22 @@ def test_predict_with_tta_averages_the_views() -> None:
     assert not np.allclose(averaged.probs, plain.probs)
 
 
+def test_predict_keeps_the_unaugmented_views_features_from_the_same_pass() -> None:
+    from medtl.engine.loop import encode_features, predict_loader
+
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=2, image_size=32).eval()
+    loader = fake_loader(2)
+    plain = predict_loader(model, loader, torch.device("cpu"), progress=False)
+    assert plain.features is None
+    both = predict_loader(model, loader, torch.device("cpu"), progress=False, tta=True, features=True)
+    encoded = encode_features(model, loader, torch.device("cpu"), progress=False).features
+    assert both.features.shape == (8, 1280) and both.features.dtype == np.float32
+    np.testing.assert_allclose(both.features, encoded.numpy(), rtol=1e-5, atol=1e-5)
+    halves = [Predictions(both.probs[r::2], both.labels[r::2], both.paths[r::2], both.features[r::2]) for r in (0, 1)]
+    np.testing.assert_array_equal(Predictions.interleaved(halves).features, both.features)
+
+
 def test_trainer_unfreezes_stages_epoch_by_epoch() -> None:
     torch.manual_seed(0)
     model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32, unfreeze_every=1)

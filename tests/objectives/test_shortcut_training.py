@@ -16,16 +16,16 @@ from medtl.train import train
 from tests.conftest import compose_config
 
 
-def confounded_set(folder: Path, n: int = 48) -> Path:
+def confounded_set(folder: Path, n: int = 48, share: float = 0.9) -> Path:
     """Two classes (a small flat patch or not) from two collections (a brighter texture in a grey border, or a
-    darker one in a black border); 90% of class 'lesion' comes from the grey collection and 90% of 'normal' from
-    the black one."""
+    darker one in a black border); ``share`` (in tenths) of class 'lesion' comes from the grey collection and as
+    much of 'normal' from the black one (0.5: no confounding, both collections in both classes alike)."""
     rng = np.random.default_rng(0)
     rows = []
     yy, xx = np.mgrid[0:64, 0:64]
     for i in range(2 * n):
         label = "lesion" if i < n else "normal"
-        grey = (label == "lesion") == (i % 10 != 0)
+        grey = (label == "lesion") == (i % 10 >= round(10 * (1 - share)))
         image = rng.integers(90, 210, size=(64, 64)) if grey else rng.integers(30, 150, size=(64, 64))
         if label == "lesion":  # a flat patch in the texture, at its mean: it leaves the histogram as it was
             image[(yy - 32) ** 2 + (xx - 30) ** 2 < 30] = 150 if grey else 90
@@ -66,6 +66,17 @@ def test_an_objective_trains_on_the_collections_the_check_inferred(manifest: Pat
                                                                 dst_path=str(tmp_path / "dl"))).read_text())
     assert check["collections_from"] == "inferred from image properties" and len(check["collections"]) == 2
     assert not any(str(manifest.parent) in key for key in check["image_collections"])  # paths left as cases
+
+
+def test_training_logs_how_well_its_features_tell_the_collections(tmp_path: Path) -> None:
+    """``val/collection_probe_auroc`` comes from the final validation pass's own features: both collections are
+    in both classes here (share 0.5), and after one step the features still show the border."""
+    mixed = confounded_set(tmp_path / "mixed", share=0.5)
+    metrics = train(compose_config(_overrides(mixed, tmp_path, "trainer.max_steps_per_epoch=1", "data.val_fraction=0.45")))
+    assert metrics["val/collection_probe_auroc"] > 0.9
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["medtl"], output_format="list")[0]
+    assert run.data.metrics["val/collection_probe_auroc"] == pytest.approx(metrics["val/collection_probe_auroc"])
 
 
 def test_plain_training_says_it_does_nothing_about_the_shortcut(manifest: Path, tmp_path: Path,
