@@ -10,13 +10,15 @@ again, the model's own speed. Configurations: ``before`` (contiguous layout, eve
 until the layout became ``auto``), ``auto`` (the layout the machine picks), ``auto`` with the first stages frozen
 (``model.frozen_stages``), and that with bfloat16 autocast (``trainer.amp=true``) or with the model compiled
 (``torch.compile``, inductor; compilation happens in the warm-up and is not timed). The ratio is the pipeline's speed over the model's best in-memory speed at any measured
-batch size. Run it alone: another torch process on the same cores slows it several times. Writes
-``benchmarks/results/train_throughput.{json,md}``.
+batch size. Also the frozen encoder's feature extraction (what the linear probe and LP-FT encode once), in
+float32 and in bfloat16 autocast (``trainer.features.dtype``), on one in-memory batch. Run it alone: another torch
+process on the same cores slows it several times. Writes ``benchmarks/results/train_throughput.{json,md}``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +27,8 @@ import torch
 
 from medtl.data import ImageClassificationData
 from medtl.engine import Trainer
-from medtl.engine.runtime import in_memory_format, memory_format_for
+from medtl.engine.loop import encode_features
+from medtl.engine.runtime import in_memory_format, memory_format_for, native_bfloat16
 from medtl.models import build_classifier
 from medtl.provenance import git_commit, machine_description, markdown_table
 
@@ -72,38 +75,69 @@ def measure(data: ImageClassificationData, size: int, name: str, batch_sizes: li
     return rows
 
 
-def main() -> None:
+def encoding_rows(data: ImageClassificationData, size: int, batch_size: int, repeats: int) -> list[dict]:
+    """Images per second of :func:`encode_features` (the frozen encoder, channels-last) over one in-memory batch
+    of ``batch_size`` encoded ``repeats`` times after a warm-up, in float32 and in bfloat16 autocast."""
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "linear_probe", num_classes=len(data.classes), image_size=size)
+    data.batch_size = batch_size
+    one = next(iter(data.loaders(model.encoder.weights_info, augment=False)[0]))
+    layout = memory_format_for(model, "auto")
+    rows = []
+    with in_memory_format(model, layout):
+        for dtype in ("float32", "bfloat16"):
+            bf16 = dtype == "bfloat16"
+            encode_features(model, [one], torch.device("cpu"), False, bfloat16=bf16, memory_format=layout)
+            start = time.perf_counter()
+            encode_features(model, [one] * repeats, torch.device("cpu"), False, bfloat16=bf16, memory_format=layout)
+            seconds = time.perf_counter() - start
+            rows.append({"image_size": size, "features": dtype, "batch_size": len(one["label"]),
+                         "img_s": round(len(one["label"]) * repeats / seconds, 1),
+                         "auto_chooses_it": (dtype == "bfloat16") == native_bfloat16(torch.device("cpu"))})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany"))
     parser.add_argument("--image-size", type=int, nargs="+", default=[224])
     parser.add_argument("--batch-size", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--encode-batch-size", type=int, default=64, help="0: skip the feature-extraction rows")
     parser.add_argument("--max-images", type=int, default=800)
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--out-name", default="train_throughput")
-    args = parser.parse_args()
-    rows = []
+    args = parser.parse_args(argv)
+    rows, encoding = [], []
     for size in args.image_size:
         data = ImageClassificationData(root=args.data, patient_id_patterns=PATTERNS, image_size=size,
                                        check=False, max_images=args.max_images)
         data.setup()
         for name in args.configs:
             rows += measure(data, size, name, args.batch_size, args.steps)
-    write_results(rows, Path(args.results_dir), args.out_name)
+        if args.encode_batch_size:
+            encoding += encoding_rows(data, size, args.encode_batch_size, repeats=3)
+    write_results(rows, Path(args.results_dir), args.out_name, encoding)
 
 
-def write_results(rows: list[dict], out: Path, name: str = "train_throughput") -> None:
+def write_results(rows: list[dict], out: Path, name: str = "train_throughput", encoding: list[dict] | None = None) -> None:
     commit, machine = git_commit(HERE), machine_description()
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows},
-                                                          indent=2))
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "commit": commit, "rows": rows,
+                                                  "encoding": encoding or []}, indent=2))
     table = markdown_table(pd.DataFrame(rows).rename(columns={
         "image_size": "image size", "config": "configuration", "batch_size": "batch", "in_memory_img_s": "in-memory img/s",
         "pipeline_img_s": "pipeline img/s", "ratio_to_best_in_memory": "pipeline / best in-memory"}))
     header = (f"Machine: {machine}. Commit {commit}. EfficientNet-Lite0 finetune, the training "
               "loop's step (AdamW, gradient clipping), memory cache + augmentation.")
-    (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")
+    text = header + "\n\n" + table + "\n"
+    if encoding:
+        text += ("\nFeature extraction (frozen encoder, channels-last, one in-memory batch; `trainer.features.dtype=auto` "
+                 "chooses the row marked):\n\n" + markdown_table(pd.DataFrame(encoding).rename(columns={
+                     "image_size": "image size", "batch_size": "batch", "auto_chooses_it": "auto"})) + "\n")
+    (out / f"{name}.md").write_text(text)
 
 
 if __name__ == "__main__":
