@@ -82,6 +82,24 @@ class RandCounterfactualHistogramd(RandomizableTransform, MapTransform):
             out[key] = match(out[key])
         return out
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The reservoirs as tensors (saved with a training state, so a resumed run draws what it would have):
+        ``labels`` ``(L,)``, ``seen`` ``(L,)``, ``sizes`` ``(L,)``, ``curves`` ``(sum sizes, levels)``."""
+        labels = sorted(self.banks)
+        curves = [curve for label in labels for curve in self.banks[label]]
+        return {"labels": torch.tensor(labels, dtype=torch.long),
+                "seen": torch.tensor([self.seen[label] for label in labels], dtype=torch.long),
+                "sizes": torch.tensor([len(self.banks[label]) for label in labels], dtype=torch.long),
+                "curves": torch.from_numpy(np.stack(curves)) if curves else torch.zeros(0, LEVELS)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put back what :meth:`state_dict` saved."""
+        curves = state["curves"].numpy()
+        self.banks, self.seen, start = {}, {}, 0
+        for label, seen, size in zip(state["labels"].tolist(), state["seen"].tolist(), state["sizes"].tolist()):
+            self.banks[label] = [curves[i] for i in range(start, start + size)]
+            self.seen[label], start = seen, start + size
+
     def _remember(self, label: int, curve: np.ndarray) -> None:
         """Reservoir sampling: after ``n`` images of ``label``, each is in its bank with probability bank/n."""
         bank, count = self.banks.setdefault(label, []), self.seen.get(label, 0) + 1

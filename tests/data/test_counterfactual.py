@@ -84,3 +84,22 @@ def test_the_radiograph_pipeline_applies_it_only_when_asked(tmp_path: Path) -> N
         assert torch.allclose(torch.as_tensor(second), torch.as_tensor(plain), atol=1e-5) is not changes
         if changes:  # image 1 now has image 0's grey levels
             np.testing.assert_allclose(quantile_curve(second), quantile_curve(first), atol=0.05)
+
+
+def test_the_reservoirs_survive_a_saved_training_state(tmp_path: Path) -> None:
+    """A transform restored from a state saved mid-stream (RNG and reservoirs) goes on exactly as the original."""
+    from medtl.engine.state import TrainingState
+
+    rng = np.random.default_rng(2)
+    images = [(_collection_image(rng, bright=bool(i % 2)), i % 2) for i in range(40)]
+    original = RandCounterfactualHistogramd("image", prob=0.5, bank_size=8)
+    original.set_random_state(0)
+    for image, label in images[:20]:
+        original({"image": image, "label": label})
+    torch.save(TrainingState.capture_rng([original]), tmp_path / "rng.pt")
+    restored = RandCounterfactualHistogramd("image", prob=0.5, bank_size=8)
+    TrainingState.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True), [restored])
+    assert restored.seen == original.seen == {0: 10, 1: 10}
+    for image, label in images[20:]:
+        np.testing.assert_array_equal(restored({"image": image, "label": label})["image"],
+                                      original({"image": image, "label": label})["image"])
