@@ -59,6 +59,10 @@ RECIPES: dict[str, list[str]] = {
     "balanced": ["data.sampling=balanced"],
     "group_dro": ["objective=group_dro"],
     "adversary": ["objective=collection_adversary"],
+    # another class's grey-level distribution given to half the training images (the histogram carries the shortcut)
+    "counterfactual": ["data.augment.counterfactual_histogram=0.5"],
+    # with equalisation every histogram is flat already, so the combination takes only the crop from `erase`
+    "crop_counterfactual": ["data.pipeline.crop.foreground=0.05", "data.augment.counterfactual_histogram=0.5"],
     "erase_group_dro": [*ERASE, "objective=group_dro"],
     "erase_balanced_adversary": [*ERASE, "data.sampling=balanced", "objective=collection_adversary"],
 }

@@ -49,6 +49,7 @@ class AugmentSchema:
     gamma: float = 0.0
     blur: float = 0.0
     clip_highlights: float = 0.0
+    counterfactual_histogram: float = 0.0
 
 
 @dataclass

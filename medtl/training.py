@@ -133,7 +133,8 @@ def _collection_probe(tracker: MlflowTracker, final: Predictions, data: ImageCla
 def _say_shortcut_plan(check: CheckReport | None, objective: SourceObjective, cfg: DictConfig, is_main: bool) -> None:
     """Log what this run does about a shortcut the data check found (or that it does nothing, and what would)."""
     settings = {"data.intensity.equalize": OmegaConf.select(cfg, "data.intensity.equalize"),
-                "data.pipeline.crop.foreground": OmegaConf.select(cfg, "data.pipeline.crop.foreground")}
+                "data.pipeline.crop.foreground": OmegaConf.select(cfg, "data.pipeline.crop.foreground"),
+                "data.augment.counterfactual_histogram": OmegaConf.select(cfg, "data.augment.counterfactual_histogram")}
     plan = shortcut_plan(check, objective, [f"{k}={v}".lower() for k, v in settings.items() if v])
     if plan and is_main:
         log.warning(plan)

@@ -28,6 +28,7 @@ from monai.transforms import (
     ThresholdIntensityd,
 )
 
+from medtl.data.counterfactual import RandCounterfactualHistogramd
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
 from medtl.models.registry import WeightsInfo
 
@@ -69,7 +70,11 @@ class AugmentConfig:
     contrast curve ``x ** gamma`` with gamma in ``[1 / (1 + gamma), 1 + gamma]``; a Gaussian blur of up to
     ``blur`` pixels at the training size; a narrower display window that saturates the densest parts,
     ``min(1, x * (1 + c))`` with ``c`` up to ``clip_highlights`` (the top ``c / (1 + c)`` of the range turns
-    white). Each is applied with probability ``prob`` before the affine move and the noise."""
+    white). Each is applied with probability ``prob`` before the affine move and the noise.
+
+    ``counterfactual_histogram``: the probability of giving an image the grey-level distribution of a training
+    image of another class (:class:`~medtl.data.counterfactual.RandCounterfactualHistogramd`), so that the
+    histogram stops telling the label where the data check found it does (off at 0)."""
 
     prob: float = 0.8
     rotate_deg: float = 10.0
@@ -79,6 +84,7 @@ class AugmentConfig:
     gamma: float = 0.0
     blur: float = 0.0
     clip_highlights: float = 0.0
+    counterfactual_histogram: float = 0.0
 
 
 def deterministic_transforms(image_size: int, intensity: IntensityConfig,
@@ -119,8 +125,11 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
                      crop: CropConfig = CropConfig()) -> Compose:
     """Deterministic part (its output stored as ``storage_dtype``), random affine and noise, normalisation."""
     image_size_px = float(image_size)
+    counterfactual = ([RandCounterfactualHistogramd(IMAGE, prob=augment.counterfactual_histogram)]
+                      if augment.counterfactual_histogram > 0 else [])
     random_part = [
         EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),
+        *counterfactual,
         *_acquisition_augment(augment),
         RandAffined(IMAGE, prob=augment.prob, rotate_range=np.deg2rad(augment.rotate_deg),
                     scale_range=augment.scale, translate_range=augment.translate * image_size_px,

@@ -125,7 +125,9 @@ class TrainingState:
         return {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
                 "numpy": _numpy_state(np.random.mtrand._rand), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "transforms": [_numpy_state(t.R) for t in transforms]}
+                "transforms": [_numpy_state(t.R) for t in transforms],
+                # what a transform remembers between images (medtl.data.counterfactual's reservoirs), {} for none
+                "transform_states": [t.state_dict() if hasattr(t, "state_dict") else {} for t in transforms]}
 
     @staticmethod
     def restore_rng(rng: dict[str, Any], transforms: list[Randomizable]) -> None:
@@ -139,6 +141,9 @@ class TrainingState:
                              f"{len(rng['transforms'])}; resume with the configuration the run started with")
         for transform, state in zip(transforms, rng["transforms"]):
             _set_numpy_state(transform.R, state)
+        for transform, remembered in zip(transforms, rng.get("transform_states", [])):
+            if remembered and hasattr(transform, "load_state_dict"):
+                transform.load_state_dict(remembered)
 
 
 @dataclass

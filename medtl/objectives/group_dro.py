@@ -17,8 +17,8 @@ class GroupDRO(SourceObjective):
     of the batch. Groups where the shortcut does not hold (tumours of the mostly-normal collection) are few and
     hard; ERM may ignore them, group DRO may not.
 
-    Under ``trainer=ddp`` each rank updates its own weights from its own shard's batches (gradients are averaged as
-    usual); they drift apart a little, which no test bounds yet.
+    Under ``trainer=ddp`` the weights are updated from the group losses of the whole step, every rank's shard
+    (their sums and counts are all-reduced), so every rank holds the same weights, the ones one process would.
 
     Args:
         step_size: ``eta`` of the exponentiated-gradient step on the group weights (Sagawa et al.: 0.01).
@@ -45,9 +45,10 @@ class GroupDRO(SourceObjective):
         total = torch.zeros_like(self.group_weights).index_add_(0, groups, per_image)  # (G,)
         group_loss = total / count.clamp(min=1)  # (G,), 0 for groups absent from the batch
         with torch.no_grad():
-            weights = self.group_weights.to(group_loss.device) * torch.exp(self.step_size * group_loss.detach())
+            step_loss = _over_all_ranks(total.detach(), count)  # (G,), this step's batch on every rank
+            weights = self.group_weights.to(group_loss.device) * torch.exp(self.step_size * step_loss)
             self.group_weights = weights / weights.sum()
-        self._worst.append(float(group_loss.detach().max()))
+        self._worst.append(float(step_loss.max()))
         return (self.group_weights * group_loss).sum()
 
     def epoch_metrics(self) -> dict[str, float]:
@@ -62,3 +63,14 @@ class GroupDRO(SourceObjective):
     def describe(self) -> str:
         return (f"group DRO over {len(self.collection_names)} collection(s) x {self.num_classes} classes "
                 f"(step size {self.step_size}): the worst collection-class group is weighted up")
+
+
+def _over_all_ranks(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per-group mean loss ``(G,)`` of the step's images on every rank (``total`` and ``count`` ``(G,)`` summed
+    across a distributed job; this rank's alone otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        both = torch.stack([total, count])  # (2, G)
+        torch.distributed.all_reduce(both)
+        total, count = both[0], both[1]
+    return total / count.clamp(min=1)

@@ -28,7 +28,7 @@ ALWAYS = ("experiment_name", "seed", "model.encoder", "model.strategy", "model.w
 ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.early_stopping_patience",
                     "data.augment.prob", "data.augment.rotate_deg", "data.augment.scale", "data.augment.translate",
                     "data.augment.noise_std", "data.augment.gamma", "data.augment.blur",
-                    "data.augment.clip_highlights",
+                    "data.augment.clip_highlights", "data.augment.counterfactual_histogram",
                     "trainer.ema_decay")
 FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every", "model.frozen_stages",
             "trainer.linear_probe_first", "trainer.interpolate_probe")  # pretrained encoder

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader
 
 from medtl.engine.distributed import Runtime, interleave
 from medtl.errors import MedtlError
+from medtl.objectives.group_dro import GroupDRO
+from medtl.objectives.registry import SourceBatch
 from medtl.train import train
 from tests.conftest import compose_config
 
@@ -74,6 +76,9 @@ def _rank_work(rank: int, world: int, port: int, out: str) -> None:
     wrapped(inputs[rank::2]).pow(2).mean().backward()
     optimiser.step()
     weights = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
+    dro = _group_dro()
+    for step in range(3):  # rank r holds rows r, r + 2, ... of each step's batch
+        dro.loss(_dro_batch(step, rows=slice(rank, None, 2)))
     shared = runtime.on_main(lambda: {"report": "from rank 0"})
     try:
         runtime.on_main(lambda: (_ for _ in ()).throw(MedtlError("data.root=x has no images")))
@@ -82,8 +87,23 @@ def _rank_work(rank: int, world: int, port: int, out: str) -> None:
         failure = str(error)
     Path(out, f"{rank}.json").write_text(json.dumps({
         "shard": shard, "gathered": gathered, "trained": trained, "batch": training.batch_size,
-        "grad": parameter.grad.tolist(), "shared": shared, "failure": failure, "weights": weights}))
+        "grad": parameter.grad.tolist(), "shared": shared, "failure": failure, "weights": weights,
+        "group_weights": dro.group_weights.tolist()}))
     runtime.close()
+
+
+def _group_dro() -> GroupDRO:
+    dro = GroupDRO(step_size=0.5)
+    dro.bind({"a": "site1", "b": "site2"}, num_classes=2)
+    return dro
+
+
+def _dro_batch(step: int, rows: slice) -> SourceBatch:
+    """Step ``step``'s batch of 8 images (groups of both collections and classes, losses that differ by group)."""
+    generator = torch.Generator().manual_seed(step)
+    logits = torch.randn(8, 2, generator=generator) * torch.arange(1, 9).unsqueeze(1)
+    labels, collections = torch.tensor([0, 1] * 4), torch.tensor([0, 0, 1, 1, 1, 1, 0, 1])
+    return SourceBatch(torch.zeros(8, 4)[rows], logits[rows], labels[rows], collections[rows])
 
 
 def test_two_gloo_ranks_share_the_work_and_the_failures(tmp_path: Path) -> None:
@@ -103,6 +123,12 @@ def test_two_gloo_ranks_share_the_work_and_the_failures(tmp_path: Path) -> None:
     expected = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
     for r in ranks:
         np.testing.assert_allclose(r["weights"], expected, rtol=1e-6)
+    dro = _group_dro()  # group DRO in one process on each whole step: the weights both ranks hold
+    for step in range(3):
+        dro.loss(_dro_batch(step, rows=slice(None)))
+    assert ranks[0]["group_weights"] == ranks[1]["group_weights"]
+    np.testing.assert_allclose(ranks[0]["group_weights"], dro.group_weights.tolist(), rtol=1e-6)
+    assert max(dro.group_weights.tolist()) > 0.3  # the steps did move the weights away from 1/4
 
 
 def _torchrun(overrides: list[str], folder: Path) -> subprocess.CompletedProcess:

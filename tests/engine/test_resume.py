@@ -138,3 +138,34 @@ def test_finished_run_folders_beyond_the_retention_are_deleted(tmp_path: Path) -
     assert sorted(p.name for p in removed) == ["run0", "run1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run2", "run3", "run4"]
     assert (tmp_path / "run2" / RunFolder.LAST).is_file() and not (tmp_path / "run4" / RunFolder.LAST).exists()
+
+
+def test_a_killed_run_with_group_dro_and_counterfactual_histograms_resumes_to_the_same_losses(tmp_path: Path) -> None:
+    """The objective's group weights and the augmentation's reservoirs are in the training state: after a SIGKILL
+    the resumed run logs the training losses an uninterrupted run logs."""
+    from tests.objectives.test_shortcut_training import confounded_set
+
+    manifest = confounded_set(tmp_path / "data")
+
+    def overrides(root: Path) -> list[str]:
+        return [f"data.manifest={manifest}", "data.positive_class=lesion", "data.image_size=48", "data.batch_size=16",
+                "data.cache_workers=1", "model.strategy=finetune", f"trainer.max_epochs={EPOCHS}",
+                "trainer.early_stopping_patience=10", "trainer.progress=false", "tracking.log_model=false",
+                "objective=group_dro", "data.augment.counterfactual_histogram=0.5",
+                f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"trainer.checkpoint_dir={root / 'checkpoints'}"]
+
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    _kill_after_epochs(overrides(killed), killed / "checkpoints", 2, tmp_path)
+    (run_id,) = [p.name for p in (killed / "checkpoints").iterdir()]
+    resumed = subprocess.run([sys.executable, "-m", "medtl.train", *overrides(killed), f"trainer.resume={run_id}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    train(compose_config(overrides(straight)))
+    mlflow.set_tracking_uri(f"sqlite:///{straight / 'mlflow.db'}")
+    (reference,) = mlflow.search_runs(experiment_names=["medtl"], output_format="list")
+    for metric in ("train/loss", "train/worst_group_loss"):
+        expected = mlflow.MlflowClient().get_metric_history(reference.info.run_id, metric)
+        got = mlflow.MlflowClient(f"sqlite:///{killed / 'mlflow.db'}").get_metric_history(run_id, metric)
+        assert len(got) == EPOCHS
+        assert [round(m.value, 5) for m in sorted(got, key=lambda m: m.step)] == \
+               [round(m.value, 5) for m in sorted(expected, key=lambda m: m.step)], metric
