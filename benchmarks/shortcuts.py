@@ -50,7 +50,9 @@ SETS: dict[str, dict] = {
                    "positive": "PNEUMONIA", "label_map": {},
                    "patterns": [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]},
 }
-BASE = ["data.image_size=128", "model.strategy=finetune", "trainer.max_epochs=3"]
+# every recipe starts from no mitigation, whatever the experiment's defaults (brain_mri erases fingerprints)
+BASE = ["data.image_size=128", "model.strategy=finetune", "trainer.max_epochs=3", "data.intensity.equalize=false",
+        "data.pipeline.crop.foreground=null"]
 ERASE = ["data.intensity.equalize=true", "data.pipeline.crop.foreground=0.05"]
 RECIPES: dict[str, list[str]] = {
     "erm": [],
@@ -112,6 +114,15 @@ def write_fold(frame: pd.DataFrame, held_out: str, work: Path) -> dict[str, Path
     return paths
 
 
+def last_wins(overrides: list[str]) -> list[str]:
+    """``key=value`` overrides with one per key, the last given (a recipe's over ``BASE``, the command line's over
+    both), in the order the keys first appeared."""
+    chosen: dict[str, str] = {}
+    for override in overrides:
+        chosen[override.split("=", 1)[0]] = override
+    return list(chosen.values())
+
+
 def one_run(name: str, recipe: str, seed: int, fold: dict[str, Path], tracking_uri: str, extra: list[str]) -> dict:
     from medtl.train import train
 
@@ -122,7 +133,7 @@ def one_run(name: str, recipe: str, seed: int, fold: dict[str, Path], tracking_u
                  f"tracking.run_name={name}-{recipe}", "tracking.log_model=false",
                  f"+evaluation.external.heldout={fold['heldout']}", *BASE, *RECIPES[recipe], *extra]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+        cfg = compose(config_name="config", overrides=last_wins(overrides))
     start = time.perf_counter()
     metrics = train(cfg)
     row = {"set": name, "recipe": recipe, "seed": seed, "minutes": (time.perf_counter() - start) / 60,

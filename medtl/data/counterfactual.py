@@ -10,8 +10,8 @@ the image's structures keep their order of brightness.
 
 The references are the quantile curves of the training images the transform has already seen, kept per label in
 a reservoir of ``bank_size`` curves (reservoir sampling, so every image seen is equally likely to be kept); no
-separate pass over the data and no state outside the transform. Until another label has been seen the image is
-left alone.
+separate pass over the data. The reservoirs are saved with the training state (``state_dict``), so a resumed run
+draws what the uninterrupted one would. Until another label has been seen the image is left alone.
 """
 from __future__ import annotations
 

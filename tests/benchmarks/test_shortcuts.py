@@ -40,3 +40,19 @@ def test_smoke_run_holds_out_each_collection_and_resumes(tmp_path: Path, monkeyp
     assert "| set | heldout | recipe | seeds | minutes | val AUROC (in-collection) | held-out AUROC |" in table
     assert "`group_dro`: `objective=group_dro`" in table and "image-property probe AUROC" in table
     assert (tmp_path / "smoke.png").stat().st_size > 1000
+
+
+def test_every_recipe_starts_from_no_mitigation_whatever_the_experiment_defaults() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from medtl import CONFIG_DIR
+
+    module = load_benchmark("shortcuts")
+    chosen = module.last_wins([*module.BASE, *module.RECIPES["erase"], "data.image_size=32"])
+    assert "data.intensity.equalize=true" in chosen and "data.intensity.equalize=false" not in chosen
+    assert "data.image_size=32" in chosen and "data.image_size=128" not in chosen
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        default = compose(config_name="config", overrides=["+experiment=brain_mri"])
+        erm = compose(config_name="config", overrides=["+experiment=brain_mri", *module.last_wins(module.BASE)])
+    assert default.data.intensity.equalize is True and default.data.pipeline.crop.foreground == 0.05
+    assert erm.data.intensity.equalize is False and erm.data.pipeline.crop.foreground is None
