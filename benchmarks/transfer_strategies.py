@@ -50,9 +50,10 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     data = os.path.relpath(args.data, HERE.parent)
-    payload = {"machine": machine_description(), "commit": git_commit(HERE), "data": data, "image_size": args.image_size, "runs": rows}
+    commit = git_commit(HERE)  # once, before the results files themselves make the tree dirty
+    payload = {"machine": machine_description(), "commit": commit, "data": data, "image_size": args.image_size, "runs": rows}
     (out / f"{args.out_name}.json").write_text(json.dumps(payload, indent=2))
-    lines = [f"Machine: {machine_description()}. Commit {git_commit(HERE)}. Data: `{data}` (train/, 20% of patients held out), "
+    lines = [f"Machine: {machine_description()}. Commit {commit}. Data: `{data}` (train/, 20% of patients held out), "
              f"{args.image_size} px.", "",
              "| strategy | val AUROC | accuracy | sensitivity | specificity | wall time |",
              "|---|---|---|---|---|---|"]
