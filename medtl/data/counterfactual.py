@@ -41,9 +41,10 @@ class MatchHistogram(Transform):
     def __init__(self, reference: np.ndarray) -> None:
         self.reference = np.asarray(reference, dtype=np.float32)
 
-    def __call__(self, image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def __call__(self, image: np.ndarray | torch.Tensor, source: np.ndarray | None = None) -> np.ndarray | torch.Tensor:
+        """``source``: the image's own :func:`quantile_curve`, when the caller has it already."""
         values = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        source = quantile_curve(values, len(self.reference))
+        source = quantile_curve(values, len(self.reference)) if source is None else source
         # equal quantiles (a black background is a third of an MRI slice) must still rise for np.interp
         source = source + np.arange(len(source), dtype=np.float32) * 1e-6
         mapped = np.interp(values, source, self.reference).astype(values.dtype, copy=False)
@@ -72,15 +73,30 @@ class RandCounterfactualHistogramd(RandomizableTransform, MapTransform):
         first = next(iter(self.key_iterator(out)), None)
         if first is None or label < 0:  # an unlabelled (target site) image has no class to move across
             return out
-        self._remember(label, quantile_curve(out[first]))
+        own = quantile_curve(out[first])
+        self._remember(label, own)
         self.randomize(None)
-        others = [curve for other, bank in self.banks.items() if other != label for curve in bank]
-        if not self._do_transform or not others:
+        reference = self._other_class_curve(label) if self._do_transform else None
+        if reference is None:
             return out
-        match = MatchHistogram(others[self.R.randint(len(others))])
+        match = MatchHistogram(reference)
         for key in self.key_iterator(out):
-            out[key] = match(out[key])
+            out[key] = match(out[key], own if key == first else None)
         return out
+
+    def _other_class_curve(self, label: int) -> np.ndarray | None:
+        """A curve drawn uniformly from the reservoirs of the labels other than ``label`` (no list built per image);
+        ``None`` before another label has been seen."""
+        sizes = [(other, len(bank)) for other, bank in self.banks.items() if other != label]
+        total = sum(size for _, size in sizes)
+        if total == 0:
+            return None
+        pick = self.R.randint(total)
+        for other, size in sizes:
+            if pick < size:
+                return self.banks[other][pick]
+            pick -= size
+        return None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The reservoirs as tensors (saved with a training state, so a resumed run draws what it would have):
