@@ -82,11 +82,12 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         fit = trainer.fit(model, loaders.train, loaders.val, score=evaluator.metrics, on_epoch_end=tracker.log_metrics,
                           adaptation=adaptation, target_loader=loaders.target_train, resume=resumed, objective=objective)
         tta = data.pipeline.tta_views if evaluator.tta else None
+        collection_of = _validation_collections(data)
         final = trainer.predict(model, loaders.source_val, desc="final validation", tta=tta,
-                                features=_validation_collections(data) is not None)
+                                features=collection_of is not None)
         report = evaluator.report(final)
         metrics = _log_report(tracker, report, fit, data)
-        metrics.update(_collection_probe(tracker, final, data))
+        metrics.update(_collection_probe(tracker, final, collection_of))
         if loaders.source_test is not None:  # scored at the threshold validation chose
             test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
@@ -117,11 +118,11 @@ def _validation_collections(data: ImageClassificationData) -> dict[str, str] | N
     return dict(zip(val["path"], val["collection"].astype(str)))
 
 
-def _collection_probe(tracker: MlflowTracker, final: Predictions, data: ImageClassificationData) -> dict[str, float]:
+def _collection_probe(tracker: MlflowTracker, final: Predictions,
+                      collection_of: dict[str, str] | None) -> dict[str, float]:
     """``val/collection_probe_auroc``: how well the trained encoder's features (``final.features``, from the final
-    validation pass) tell a validation image's collection within its class
+    validation pass) tell a validation image's collection (``collection_of``: path -> collection) within its class
     (:func:`medtl.data.shortcuts.feature_collection_probe`); nothing with fewer than two collections."""
-    collection_of = _validation_collections(data)
     if collection_of is None or final.features is None:
         return {}
     probe = feature_collection_probe(final.features, final.labels, [collection_of.get(p, "") for p in final.paths])
