@@ -80,7 +80,7 @@ def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: CUDA with bf16 support, or a CPU with bfloat16 dot-product
     instructions (``avx512_bf16``: AMD Zen 4 and later, Intel Cooper Lake) or AMX tiles (``amx_bf16``: Intel
     Sapphire Rapids and later), where oneDNN's bfloat16 convolutions are fast; emulated bfloat16 elsewhere is not.
-    It decides ``trainer.features.dtype=auto`` (the frozen encoder's features: 2.4x faster on the AMD EPYC with
+    It decides ``trainer.features.dtype=auto`` (the frozen encoder's features: 2.0x faster on the AMD EPYC with
     avx512_bf16, README *Training speed*)."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
