@@ -6,7 +6,8 @@
 1. medtl's data check reads every image of the set once, infers its collections from label-free properties
    (``medtl/data/shortcuts.py``) and reports each one's label balance and the properties that carry the shortcut.
    For the split, the same properties are cut into ``--collections`` k-means clusters (4: holding one out must
-   leave at least two to train on, or collection-aware training has nothing to balance); the assignment is written
+   leave at least two to train on, or collection-aware training has nothing to balance), and each patient's images
+   go to the collection most of them fell in (no patient on both sides of a split); the assignment is written
    as the manifest's ``domain`` column (``<work-dir>/<set>/all_<k>.csv``, once), so every run balances, weights and
    probes the same collections.
 2. Leave-one-collection-out: every collection with at least ``--min-per-class`` images of each class is held out
@@ -87,7 +88,8 @@ def build_collections(name: str, work: Path, count: int) -> tuple[pd.DataFrame, 
         frame["label"] = frame["label"].replace(spec["label_map"])
         report, facts = check_frame(frame[["path", "label", "patient_id"]])
         table = facts_table(facts)  # every image is readable in the shared sets: facts in the frame's order
-        frame["domain"] = [f"c{i}" for i in infer_collections(table, count=count)]
+        frame["domain"] = by_patient(pd.Series([f"c{i}" for i in infer_collections(table, count=count)]),
+                                     frame["patient_id"])
         findings.write_text(json.dumps({"shortcut_auroc": report.shortcut_auroc,
                                         "shortcut_properties": report.shortcut_properties,
                                         "check_collections": report.collections,
@@ -95,6 +97,15 @@ def build_collections(name: str, work: Path, count: int) -> tuple[pd.DataFrame, 
                                        indent=2))
         write_manifest(frame[["path", "label", "patient_id", "domain"]], manifest)
     return read_manifest(manifest), json.loads(findings.read_text())
+
+
+def by_patient(domains: pd.Series, patients: pd.Series) -> list[str]:
+    """Each patient's images all get the collection most of them were clustered into (ties: the first name), so a
+    held-out collection shares no patient with the collections trained on (Kermany's patients have several images,
+    which the per-image clustering can split)."""
+    frame = pd.DataFrame({"domain": domains.to_numpy(), "patient": patients.to_numpy()})
+    majority = frame.groupby("patient")["domain"].agg(lambda d: sorted(d.mode())[0])
+    return frame["patient"].map(majority).tolist()
 
 
 def folds(frame: pd.DataFrame, min_per_class: int) -> list[str]:
@@ -109,6 +120,10 @@ def write_fold(frame: pd.DataFrame, held_out: str, work: Path) -> dict[str, Path
     work.mkdir(parents=True, exist_ok=True)
     paths = {"source": work / f"source_without_{held_out}.csv", "heldout": work / f"collection_{held_out}.csv"}
     inside = frame["domain"].astype(str) == held_out
+    shared = set(frame.loc[inside, "patient_id"]) & set(frame.loc[~inside, "patient_id"])
+    if shared:
+        raise ValueError(f"collection {held_out} shares {len(shared)} patient(s) with the others; assign collections "
+                         "per patient (by_patient) so the held-out collection is never trained on")
     write_manifest(frame[~inside], paths["source"])
     write_manifest(frame[inside].drop(columns="domain"), paths["heldout"])
     return paths

@@ -56,3 +56,19 @@ def test_every_recipe_starts_from_no_mitigation_whatever_the_experiment_defaults
         erm = compose(config_name="config", overrides=["+experiment=brain_mri", *module.last_wins(module.BASE)])
     assert default.data.intensity.equalize is True and default.data.pipeline.crop.foreground == 0.05
     assert erm.data.intensity.equalize is False and erm.data.pipeline.crop.foreground is None
+
+
+def test_a_patient_belongs_to_one_collection_so_no_fold_trains_on_a_held_out_patient(tmp_path: Path) -> None:
+    module = load_benchmark("shortcuts")
+    patients = pd.Series(["p1", "p1", "p1", "p2", "p2", "p3", "p4", "p4"])
+    clusters = pd.Series(["c1", "c0", "c1", "c2", "c0", "c2", "c1", "c0"])
+    domains = module.by_patient(clusters, patients)
+    assert domains == ["c1", "c1", "c1", "c0", "c0", "c2", "c0", "c0"]  # majority, ties to the first name
+    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(8)], "label": ["a", "b"] * 4,
+                          "patient_id": patients, "domain": domains})
+    paths = module.write_fold(frame, "c0", tmp_path)
+    source, held = pd.read_csv(paths["source"]), pd.read_csv(paths["heldout"])
+    assert set(source["patient_id"]).isdisjoint(held["patient_id"]) and len(source) + len(held) == 8
+    frame["domain"] = clusters  # per-image clusters split p1, p2 and p4 across collections
+    with pytest.raises(ValueError, match="collection c0 shares 3 patient"):
+        module.write_fold(frame, "c0", tmp_path / "split")
