@@ -136,7 +136,8 @@ def _say_shortcut_plan(check: CheckReport | None, objective: SourceObjective, cf
     settings = {"data.intensity.equalize": OmegaConf.select(cfg, "data.intensity.equalize"),
                 "data.pipeline.crop.foreground": OmegaConf.select(cfg, "data.pipeline.crop.foreground"),
                 "data.augment.counterfactual_histogram": OmegaConf.select(cfg, "data.augment.counterfactual_histogram")}
-    plan = shortcut_plan(check, objective, [f"{k}={v}".lower() for k, v in settings.items() if v])
+    plan = shortcut_plan(check, objective, [f"{k}={v}".lower() for k, v in settings.items() if v],
+                         OmegaConf.select(cfg, "shortcut_decision"))
     if plan and is_main:
         log.warning(plan)
 

@@ -41,17 +41,20 @@ def bind_objective(objective: SourceObjective, frame: pd.DataFrame, num_classes:
     objective.bind(collection_of, num_classes)
 
 
-def shortcut_plan(report: CheckReport | None, objective: SourceObjective, preprocessing: Sequence[str]) -> str | None:
+def shortcut_plan(report: CheckReport | None, objective: SourceObjective, preprocessing: Sequence[str],
+                  decision: str | None = None) -> str | None:
     """The training log's line when the data check found a shortcut: what this run does about it, or that it does
-    nothing and what would; ``None`` when no shortcut was found. ``preprocessing``: the data pipeline's settings
-    in use that act on it (``data.intensity.equalize=true``, ``data.augment.counterfactual_histogram=0.5``...)."""
+    nothing (and why, the experiment's ``decision``, when it gives one) and what would; ``None`` when no shortcut was
+    found. ``preprocessing``: the data pipeline's settings in use that act on it (``data.intensity.equalize=true``,
+    ``data.augment.counterfactual_histogram=0.5``...)."""
     if report is None or not report.shortcut_found:
         return None
     found = ", ".join(report.shortcut_findings())
     doing = [objective.describe()] if objective.uses_collections else []
     doing += [f"the data pipeline: {', '.join(preprocessing)}"] if preprocessing else []
     if not doing:
-        return (f"data check found a shortcut ({found}); this run does nothing about it. To act on it: "
+        why = f", by the experiment's decision: {decision}" if decision else ""
+        return (f"data check found a shortcut ({found}); this run does nothing about it{why}. To act on it: "
                 "objective=group_dro or objective=collection_adversary, data.intensity.equalize=true, "
                 "data.pipeline.crop.foreground=0.05, data.augment.counterfactual_histogram=0.5 (README, Shortcuts)")
     return f"data check found a shortcut ({found}); this run acts on it: {'; '.join(doing)}"
