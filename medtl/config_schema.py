@@ -299,12 +299,16 @@ SCHEMAS: dict[str, type] = {
 }
 NESTED_NODES = ("data.pipeline",)  # nodes with their own _target_ inside a group
 ROOT_KEYS = ("data", "model", "adaptation", "objective", "trainer", "tracking", "evaluation", "experiment_name", "seed",
-             "optimized_metric", "hydra")
+             "optimized_metric", "shortcut_decision", "hydra")
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every known node of ``cfg`` against its schema; raise one :class:`MedtlError` line at the first fault."""
     _check_keys("", dict(cfg), ROOT_KEYS)
+    decision = cfg.get("shortcut_decision")
+    if decision is not None and not isinstance(decision, str):
+        raise MedtlError(f"config key shortcut_decision={decision!r} must be text (why the experiment leaves a flagged "
+                         "shortcut alone) or null")
     for group in (*ROOT_KEYS, *NESTED_NODES):
         node = OmegaConf.select(cfg, group)
         if not isinstance(node, DictConfig) or node.get("_target_") not in SCHEMAS:

@@ -69,6 +69,7 @@ def test_every_experiment_passes_its_schemas(experiment: str) -> None:
     ("data.cache=ram", r"config key data.cache='ram' is not allowed; use one of memory, disk, none"),
     ("+data.fraction=0.5", r"config key data.fraction is unknown; did you mean data\.\w+_fraction\?"),
     ("+trainer.features.epoch=3", r"config key trainer.features.epoch is unknown"),
+    ("shortcut_decision=[a,b]", r"config key shortcut_decision=\['a', 'b'\] must be text .* or null"),
 ])
 def test_bad_values_and_keys_are_one_line(override: str, message: str) -> None:
     with pytest.raises(MedtlError, match=message) as error:
