@@ -63,7 +63,7 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16
     "lpft_frozen3_bf16": [*LP_FT, "trainer.amp=true", "trainer.features.dtype=bfloat16"],
-    # label efficiency at the recipe: 5% of the source's patients (stratified; another subset per seed), validation
+    # label efficiency at the recipe: 5% of the training images, whole patients (another subset per seed), validation
     # as for the full set; epochs scaled as benchmarks/label_efficiency.py does (3 / sqrt(0.05) = 14)
     "lpft_frozen3_5pct": [*LP_FT, "data.train_fraction=0.05", "data.train_subset_seed=${seed}",
                           "trainer.max_epochs=14"],
