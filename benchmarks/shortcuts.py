@@ -138,17 +138,24 @@ def last_wins(overrides: list[str]) -> list[str]:
     return list(chosen.values())
 
 
-def one_run(name: str, recipe: str, seed: int, fold: dict[str, Path], tracking_uri: str, extra: list[str]) -> dict:
-    from medtl.train import train
-
+def run_overrides(name: str, recipe: str, seed: int, fold: dict[str, Path], tracking_uri: str,
+                  extra: list[str]) -> list[str]:
+    """The ``medtl.train`` overrides of one run: the set's experiment on the fold's source, the recipe on top of
+    :data:`BASE`, the held-out collection as an external set."""
     spec = SETS[name]
     overrides = [f"+experiment={spec['experiment']}", f"data.manifest={fold['source']}",
                  f"data.positive_class={spec['positive']}", f"seed={seed}", "data.cache=disk",
                  "trainer.progress=false", f"tracking.uri={tracking_uri}", "tracking.experiment=shortcuts",
                  f"tracking.run_name={name}-{recipe}", "tracking.log_model=false",
                  f"+evaluation.external.heldout={fold['heldout']}", *BASE, *RECIPES[recipe], *extra]
+    return last_wins(overrides)
+
+
+def one_run(name: str, recipe: str, seed: int, fold: dict[str, Path], tracking_uri: str, extra: list[str]) -> dict:
+    from medtl.train import train
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=last_wins(overrides))
+        cfg = compose(config_name="config", overrides=run_overrides(name, recipe, seed, fold, tracking_uri, extra))
     start = time.perf_counter()
     metrics = train(cfg)
     row = {"set": name, "recipe": recipe, "seed": seed, "minutes": (time.perf_counter() - start) / 60,
@@ -185,37 +192,56 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
+    """One row of panels per set; in each panel a group of bars per held-out collection, one bar (mean, sd over
+    seeds) per recipe, in the same colour for the same recipe everywhere."""
     panels = [("heldout_auroc", "held-out collection AUROC"), ("heldout_accuracy", "held-out accuracy (source threshold)"),
               ("feature_probe_auroc", "collection probe on the model's features")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    labels = [f"{r.set}/{r.heldout}\n{r.recipe}" for r in table.itertuples()]
-    for ax, (metric, title) in zip(axes, panels):
-        ax.bar(np.arange(len(table)), table[f"{metric}_mean"], yerr=table[f"{metric}_std"].fillna(0), color="tab:blue")
-        ax.set_xticks(np.arange(len(table)), labels, rotation=35, ha="right", fontsize=7)
-        ax.set_ylim(0.0, 1.0)
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+    sets = list(dict.fromkeys(table["set"]))
+    fig, axes = plt.subplots(len(sets), 3, figsize=(16, 4.4 * len(sets)), squeeze=False)
+    for row, name in zip(axes, sets):
+        part = table[table["set"] == name]
+        for ax, (metric, title) in zip(row, panels):
+            _grouped_bars(ax, part, metric)
+            ax.set_title(f"{name}: {title}", fontsize=10)
+        row[0].legend(fontsize=7, ncol=2, loc="lower left")
     fig.suptitle("Leave-one-collection-out: each recipe trained without the collection it is scored on")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _grouped_bars(ax: plt.Axes, part: pd.DataFrame, metric: str) -> None:
+    heldouts, recipes = list(dict.fromkeys(part["heldout"])), [r for r in RECIPES if r in set(part["recipe"])]
+    width = 0.8 / len(recipes)
+    for i, recipe in enumerate(recipes):
+        rows = part[part["recipe"] == recipe]
+        x = np.array([heldouts.index(h) for h in rows["heldout"]]) + (i - (len(recipes) - 1) / 2) * width
+        ax.bar(x, rows[f"{metric}_mean"], width, yerr=rows[f"{metric}_std"].fillna(0), label=recipe,
+               color=plt.cm.tab10(list(RECIPES).index(recipe) % 10))
+    ax.set_xticks(np.arange(len(heldouts)), [f"held out: {h}" for h in heldouts])
+    values = part[f"{metric}_mean"].dropna()
+    low = 0.0 if values.empty else max(0.0, np.floor((values.min() - 0.05) * 10) / 10)
+    ax.set_ylim(low, 1.0)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def write_results(runs: list[dict], findings: dict[str, dict], out: Path, out_name: str) -> None:
     table = summarise(pd.DataFrame(runs))
+    from medtl.atomic import write_text_atomic
+
     commits = sorted({r["commit"] for r in runs})
-    header = (f"Machine: {machine_description()}. Commit(s) {', '.join(commits)}; run alone. 128 px, finetune 3 "
+    machines = sorted({r.get("machine") or machine_description() for r in runs})
+    header = (f"Machine(s): {'; '.join(machines)}. Commit(s) {', '.join(commits)}; run alone. 128 px, finetune 3 "
               "epochs, on top of each set's experiment.")
     found = "\n".join(f"- {name}: image-property probe AUROC {f['shortcut_auroc']:.3f}; carried by "
                       f"{', '.join(f'{k} {v:.2f}' for k, v in list(f['shortcut_properties'].items())[:3])}; "
                       f"collections: " + "; ".join(f"{c['name']} {c['labels']}" for c in f["collections"])
                       for name, f in findings.items())
     recipes = "\n".join(f"- `{name}`: `{' '.join(overrides) or '(none)'}`" for name, overrides in RECIPES.items())
-    (out / f"{out_name}.md").write_text(f"{header}\n\nData check:\n{found}\n\n{markdown_table(readable(table))}\n\n"
-                                        f"Recipes:\n{recipes}\n")
-    (out / f"{out_name}.json").write_text(json.dumps({"header": header, "findings": findings,
-                                                      "summary": table.to_dict("records")}, indent=2, default=float))
+    write_text_atomic(out / f"{out_name}.md", f"{header}\n\nData check:\n{found}\n\n{markdown_table(readable(table))}"
+                                              f"\n\nRecipes:\n{recipes}\n")
+    write_text_atomic(out / f"{out_name}.json", json.dumps({"header": header, "findings": findings,
+                                                           "summary": table.to_dict("records")}, indent=2, default=float))
     plot(table, out / f"{out_name}.png")
 
 
@@ -239,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs_file = out / f"{args.out_name}_runs.jsonl"
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
-    findings = {}
+    findings = earlier_findings(out / f"{args.out_name}.json")  # sets measured by earlier calls stay in the report
     for name in args.sets:
         frame, findings[name] = build_collections(name, work, args.collections)
         for held_out in (f for f in folds(frame, args.min_per_class) if args.folds is None or f in args.folds):
@@ -255,6 +281,13 @@ def main(argv: list[str] | None = None) -> None:
                     _write_runs(runs, runs_file)
                     write_results(runs, findings, out, args.out_name)
                     print(json.dumps(row), flush=True)
+    if runs:  # also when every run was there already: the report then takes this code's layout and every set's check
+        write_results(runs, findings, out, args.out_name)
+
+
+def earlier_findings(report: Path) -> dict[str, dict]:
+    """The data check's findings per set from an earlier report (``<out-name>.json``), ``{}`` when there is none."""
+    return json.loads(report.read_text()).get("findings", {}) if report.is_file() else {}
 
 
 def _write_runs(runs: list[dict], path: Path) -> None:

@@ -57,3 +57,19 @@ def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_
     redone = [json.loads(line) for line in (tmp_path / "smoke_runs.jsonl").read_text().splitlines()]
     assert [r["recipe"] for r in redone] == ["linear_probe", "lpft_frozen3"]  # replaced, not appended
     assert redone[0] == runs[0] and redone[1]["adabn_rule"] == module.ADABN_RULE  # only the stale run ran again
+
+
+@pytest.mark.parametrize("recipe", list(load_benchmark("generalisation").RECIPES))
+def test_every_recipe_composes_with_the_experiment(recipe: str, tmp_path: Path) -> None:
+    """A recipe whose override names no key (a typo, a renamed option) fails here, not an hour into a benchmark."""
+    from hydra import compose, initialize_config_dir
+
+    from medtl import CONFIG_DIR
+    from medtl.config_schema import validate_config
+
+    module = load_benchmark("generalisation")
+    sites = {site: tmp_path / f"{site}.csv" for site in ("source", *module.SITES)}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=module.run_overrides(recipe, 0, sites, "sqlite:///x.db", []))
+    validate_config(cfg)
+    assert cfg.seed == 0 and str(cfg.evaluation.external.strong).endswith("strong.csv")

@@ -72,3 +72,42 @@ def test_a_patient_belongs_to_one_collection_so_no_fold_trains_on_a_held_out_pat
     frame["domain"] = clusters  # per-image clusters split p1, p2 and p4 across collections
     with pytest.raises(ValueError, match="collection c0 shares 3 patient"):
         module.write_fold(frame, "c0", tmp_path / "split")
+
+
+def test_the_report_keeps_every_set_measured_by_earlier_calls(tmp_path: Path) -> None:
+    module = load_benchmark("shortcuts")
+
+    def finding(auroc: float) -> dict:
+        return {"shortcut_auroc": auroc, "shortcut_properties": {"intensity histogram": 0.3},
+                "collections": [{"name": "c0", "labels": {"a": 3, "b": 1}}]}
+
+    def run(name: str, seed: int) -> dict:
+        return {"set": name, "heldout": "c0", "recipe": "erm", "seed": seed, "minutes": 1.0, "val_auroc": 0.9,
+                "heldout_auroc": 0.8, "heldout_accuracy": 0.7, "heldout_sensitivity": 0.6,
+                "heldout_specificity": 0.5, "feature_probe_auroc": None, "commit": "abc1234", "machine": "cpu X"}
+
+    assert module.earlier_findings(tmp_path / "none.json") == {}
+    module.write_results([run("brain", 0)], {"brain": finding(0.995)}, tmp_path, "report")
+    later = {**module.earlier_findings(tmp_path / "report.json"), "chest": finding(0.942)}
+    module.write_results([run("brain", 0), run("chest", 0)], later, tmp_path, "report")
+    text = (tmp_path / "report.md").read_text()
+    assert "- brain: image-property probe AUROC 0.995" in text and "- chest: image-property probe AUROC 0.942" in text
+    assert text.startswith("Machine(s): cpu X. Commit(s) abc1234")
+
+
+@pytest.mark.parametrize("name", list(load_benchmark("shortcuts").SETS))
+@pytest.mark.parametrize("recipe", list(load_benchmark("shortcuts").RECIPES))
+def test_every_recipe_composes_with_each_sets_experiment(name: str, recipe: str, tmp_path: Path) -> None:
+    """A recipe whose override names no key fails here, not an hour into a benchmark."""
+    from hydra import compose, initialize_config_dir
+
+    from medtl import CONFIG_DIR
+    from medtl.config_schema import validate_config
+
+    module = load_benchmark("shortcuts")
+    fold = {"source": tmp_path / "source.csv", "heldout": tmp_path / "heldout.csv"}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=module.run_overrides(name, recipe, 1, fold, "sqlite:///x", []))
+    validate_config(cfg)
+    assert cfg.seed == 1 and cfg.data.image_size == 128 and cfg.model.strategy == "finetune"
+    assert cfg.data.intensity.equalize is ("data.intensity.equalize=true" in module.RECIPES[recipe])
