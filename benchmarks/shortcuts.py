@@ -226,9 +226,9 @@ def _grouped_bars(ax: plt.Axes, part: pd.DataFrame, metric: str) -> None:
 
 
 def write_results(runs: list[dict], findings: dict[str, dict], out: Path, out_name: str) -> None:
-    table = summarise(pd.DataFrame(runs))
     from medtl.atomic import write_text_atomic
 
+    table = summarise(pd.DataFrame(runs))
     commits = sorted({r["commit"] for r in runs})
     machines = sorted({r.get("machine") or machine_description() for r in runs})
     header = (f"Machine(s): {'; '.join(machines)}. Commit(s) {', '.join(commits)}; run alone. 128 px, finetune 3 "
