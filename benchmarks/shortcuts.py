@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     runs_file = out / f"{args.out_name}_runs.jsonl"
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
     findings = earlier_findings(out / f"{args.out_name}.json")  # sets measured by earlier calls stay in the report
+    stored = len(runs)
     for name in args.sets:
         frame, findings[name] = build_collections(name, work, args.collections)
         for held_out in (f for f in folds(frame, args.min_per_class) if args.folds is None or f in args.folds):
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                     _write_runs(runs, runs_file)
                     write_results(runs, findings, out, args.out_name)
                     print(json.dumps(row), flush=True)
-    if runs:  # also when every run was there already: the report then takes this code's layout and every set's check
+    if runs and len(runs) == stored:  # every run was there already: the report takes this code's layout and checks
         write_results(runs, findings, out, args.out_name)
 
 
