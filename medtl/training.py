@@ -135,7 +135,8 @@ def _say_shortcut_plan(check: CheckReport | None, objective: SourceObjective, cf
     """Log what this run does about a shortcut the data check found (or that it does nothing, and what would)."""
     settings = {"data.intensity.equalize": OmegaConf.select(cfg, "data.intensity.equalize"),
                 "data.pipeline.crop.foreground": OmegaConf.select(cfg, "data.pipeline.crop.foreground"),
-                "data.augment.counterfactual_histogram": OmegaConf.select(cfg, "data.augment.counterfactual_histogram")}
+                "data.augment.counterfactual_histogram": OmegaConf.select(cfg, "data.augment.counterfactual_histogram"),
+                "data.sampling": "balanced" if OmegaConf.select(cfg, "data.sampling") == "balanced" else None}
     plan = shortcut_plan(check, objective, [f"{k}={v}".lower() for k, v in settings.items() if v],
                          OmegaConf.select(cfg, "shortcut_decision"))
     if plan and is_main:

@@ -55,6 +55,7 @@ def shortcut_plan(report: CheckReport | None, objective: SourceObjective, prepro
     if not doing:
         why = f", by the experiment's decision: {decision}" if decision else ""
         return (f"data check found a shortcut ({found}); this run does nothing about it{why}. To act on it: "
-                "objective=group_dro or objective=collection_adversary, data.intensity.equalize=true, "
-                "data.pipeline.crop.foreground=0.05, data.augment.counterfactual_histogram=0.5 (README, Shortcuts)")
+                "objective=group_dro or objective=collection_adversary, data.sampling=balanced, "
+                "data.intensity.equalize=true, data.pipeline.crop.foreground=0.05, "
+                "data.augment.counterfactual_histogram=0.5 (README, Shortcuts)")
     return f"data check found a shortcut ({found}); this run acts on it: {'; '.join(doing)}"

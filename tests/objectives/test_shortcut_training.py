@@ -79,17 +79,18 @@ def test_training_logs_how_well_its_features_tell_the_collections(tmp_path: Path
     assert run.data.metrics["val/collection_probe_auroc"] == pytest.approx(metrics["val/collection_probe_auroc"])
 
 
-def test_counterfactual_histograms_are_a_way_of_acting_on_the_shortcut(manifest: Path, tmp_path: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("setting", "param"), [("data.augment.counterfactual_histogram=0.5", "0.5"),
+                                                ("data.sampling=balanced", "balanced")])
+def test_data_pipeline_settings_are_ways_of_acting_on_the_shortcut(manifest: Path, tmp_path: Path, setting: str,
+                                                                   param: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="medtl.train"):
-        metrics = train(compose_config(_overrides(manifest, tmp_path, "trainer.max_steps_per_epoch=2",
-                                                  "data.augment.counterfactual_histogram=0.5")))
+        metrics = train(compose_config(_overrides(manifest, tmp_path, "trainer.max_steps_per_epoch=2", setting)))
     assert np.isfinite(metrics["val/final_auroc"])
     plan = [r.message for r in caplog.records if "data check found a shortcut" in r.message]
-    assert len(plan) == 1 and plan[0].endswith("acts on it: the data pipeline: data.augment.counterfactual_histogram=0.5")
+    assert len(plan) == 1 and plan[0].endswith(f"acts on it: the data pipeline: {setting}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["medtl"], output_format="list")[0]
-    assert run.data.params["data.augment.counterfactual_histogram"] == "0.5"
+    assert run.data.params[setting.split("=")[0]] == param
 
 
 def test_plain_training_says_it_does_nothing_about_the_shortcut(manifest: Path, tmp_path: Path,
@@ -98,7 +99,8 @@ def test_plain_training_says_it_does_nothing_about_the_shortcut(manifest: Path, 
         train(compose_config(_overrides(manifest, tmp_path, "trainer.max_steps_per_epoch=1")))
     plan = [r.message for r in caplog.records if "data check found a shortcut" in r.message]
     assert len(plan) == 1 and "does nothing about it" in plan[0] and "objective=group_dro" in plan[0]
-    assert "data.augment.counterfactual_histogram=0.5" in plan[0] and "decision" not in plan[0]
+    assert "data.augment.counterfactual_histogram=0.5" in plan[0] and "data.sampling=balanced" in plan[0]
+    assert "decision" not in plan[0]
 
 
 def test_an_experiment_that_leaves_the_shortcut_alone_says_why(manifest: Path, tmp_path: Path,
