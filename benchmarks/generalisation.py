@@ -119,7 +119,7 @@ def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, e
            "train_seconds": metrics["train/seconds"], "val_auroc": metrics["val/final_auroc"],
            "val_accuracy": metrics["val/final_accuracy"]}
     for site in SITES:
-        for name in ("auroc", "accuracy", "sensitivity", "specificity"):
+        for name in ("auroc", "accuracy", "sensitivity", "specificity", "oracle_accuracy"):
             row[f"{site}_{name}"] = metrics[f"external/{site}/{name}"]
             row[f"{site}_adabn_{name}"] = metrics.get(f"external/{site}/adabn_{name}")  # None: nothing to adapt
     return {**row, "adabn_rule": ADABN_RULE}

@@ -144,6 +144,11 @@ def test_an_external_site_is_scored_at_the_validation_threshold(tiny_overrides: 
                                                             artifact_path="external_site_b_predictions.csv"))
     assert len(table) == 24 and set(table["split"]) == {"external_site_b"}
     assert not set(table["patient"]) & set(rows["patient_id"])  # pseudonyms, not the ids
+    adapted = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                              artifact_path="external_site_b_adabn_predictions.csv"))
+    assert list(adapted["case"]) == list(table["case"]) and not adapted["score"].equals(table["score"])
+    for prefix in ("", "adabn_"):  # no threshold beats the best one on the set's own labels
+        assert metrics[f"external/site_b/{prefix}oracle_accuracy"] >= metrics[f"external/site_b/{prefix}accuracy"]
     (tmp_path / "unlabelled.csv").write_text(f"path,patient_id\n{site['path'][0]},p1\n")
     with pytest.raises(Exception, match="evaluation.external.other=.* 1 image.s. have no label"):
         train(compose_config([*tiny_overrides, f"+evaluation.external.other={tmp_path / 'unlabelled.csv'}"]))

@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from medtl.engine.loop import Predictions
-from medtl.engine.metrics import binary_metrics, calibration, choose_threshold, multiclass_metrics
+from medtl.engine.metrics import binary_metrics, calibration, choose_threshold, multiclass_metrics, oracle_accuracy
 from medtl.tracking.plots import confusion_figure, roc_figure
 
 __all__ = ["EvaluationReport", "Evaluator", "predictions_frame"]
@@ -51,11 +51,14 @@ class Evaluator:
     def report(self, preds: Predictions, threshold: float | None = None, split: str = "val") -> EvaluationReport:
         """Final metrics (with calibration: ``ece``, ``brier``), the predictions table and the ROC /
         confusion-matrix figures. Validation chooses the threshold; a held-out ``split`` (``test``) is scored at
-        the ``threshold`` validation chose, and its figures are named after it (``test_roc_curve.png``)."""
+        the ``threshold`` validation chose, and its figures are named after it (``test_roc_curve.png``). A held-out
+        binary split also gets ``oracle_accuracy`` / ``oracle_threshold``: the best any threshold does on its own
+        labels (a bound, not an operating point: the gap to ``accuracy`` is what the threshold did not transfer)."""
         if threshold is None or not self.binary:
             metrics = self.metrics(preds)
         else:
             metrics = binary_metrics(preds.labels, preds.probs[:, 1], threshold).as_dict()
+            metrics["oracle_accuracy"], metrics["oracle_threshold"] = oracle_accuracy(preds.labels, preds.probs[:, 1])
         threshold = metrics.get("threshold") if self.binary else None
         if self.binary:
             fit = calibration(preds.labels, preds.probs[:, 1])

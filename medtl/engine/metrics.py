@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from medtl.errors import MedtlError
 
 __all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc", "bootstrap_ci",
-           "Calibration", "calibration", "threshold_for_specificity"]
+           "Calibration", "calibration", "threshold_for_specificity", "oracle_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,25 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     specificity = float((~predicted[negatives]).mean()) if negatives.any() else float("nan")
     return BinaryMetrics(auroc=auroc(labels, scores), accuracy=float((predicted == positives).mean()),
                          sensitivity=sensitivity, specificity=specificity, threshold=float(threshold))
+
+
+def oracle_accuracy(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """The highest accuracy any threshold reaches on ``(labels, scores)`` ``(N,)``, and that threshold (the
+    highest one on ties, placed halfway like :func:`choose_threshold`).
+
+    It needs the set's own labels, so it is an upper bound, never an operating point: next to the accuracy at the
+    source's threshold it tells whether a site loses accuracy to the threshold (the two differ) or to the ranking
+    (both are low; only the AUROC can raise them).
+    """
+    if len(np.unique(labels)) < 2:
+        return float("nan"), float("nan")
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    positives = float(np.sum(labels == 1))
+    correct = tpr * positives + (1.0 - fpr) * (len(labels) - positives)  # (T,) right calls at each cut
+    best = int(np.argmax(correct))
+    if np.isinf(thresholds[best]):  # every image negative: just above the highest score
+        return float(correct[best] / len(labels)), float(np.nextafter(np.max(scores), np.inf))
+    return float(correct[best] / len(labels)), _midway_below(scores, float(thresholds[best]))
 
 
 def multiclass_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

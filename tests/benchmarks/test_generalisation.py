@@ -50,6 +50,8 @@ def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_
     assert "`lpft_frozen3`: `model.strategy=finetune model.frozen_stages=3" in table
     assert "strong AdaBN AUROC" in table and 0.0 <= runs[1]["strong_adabn_auroc"] <= 1.0
     assert runs[0]["strong_adabn_auroc"] is None  # a linear probe kept ImageNet statistics: nothing to adapt
+    assert all(r["strong_oracle_accuracy"] >= r["strong_accuracy"] for r in runs)
+    assert runs[1]["strong_adabn_oracle_accuracy"] >= runs[1]["strong_adabn_accuracy"]
     assert (tmp_path / "smoke.png").stat().st_size > 1000
     older = [{k: v for k, v in r.items() if k != "adabn_rule"} if r["recipe"] == "lpft_frozen3" else r for r in runs]
     module.write_runs(older, tmp_path / "smoke_runs.jsonl")  # as if lpft_frozen3's AdaBN were of an earlier rule

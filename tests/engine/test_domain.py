@@ -26,6 +26,7 @@ def test_target_metrics_use_the_source_threshold() -> None:
     assert metrics["accuracy_at_source_threshold"] == 0.75
     assert metrics["specificity_at_source_threshold"] == 0.5
     assert metrics["sensitivity_at_source_threshold"] == 1.0
+    assert metrics["oracle_accuracy"] == 1.0  # the target's own best threshold: the ranking was never the problem
     three = np.eye(3)[[0, 1, 2, 2]] * 0.8 + 0.2 / 3
     assert target_metrics(np.array([0, 1, 2, 1]), three, None)["accuracy"] == 0.75
 

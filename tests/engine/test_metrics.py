@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtl.engine.metrics import auroc, binary_metrics, choose_threshold, multiclass_metrics
+from medtl.engine.metrics import auroc, binary_metrics, choose_threshold, multiclass_metrics, oracle_accuracy
 from medtl.engine.schedule import warmup_cosine_factor
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -28,6 +28,17 @@ def test_sensitivity_target_threshold() -> None:
     threshold = choose_threshold(LABELS, SCORES, "sensitivity", target_sensitivity=1.0)
     assert threshold == pytest.approx(0.35)  # halfway between 0.4 (the lowest positive) and 0.3
     assert binary_metrics(LABELS, SCORES, threshold).sensitivity == 1.0
+
+
+def test_oracle_accuracy_is_the_best_any_threshold_reaches() -> None:
+    # 7/8 at two cuts (0.7: sens 3/4, spec 1; 0.4: sens 1, spec 3/4); the higher wins, halfway down to 0.6
+    assert oracle_accuracy(LABELS, SCORES) == pytest.approx((7 / 8, 0.65))
+    accuracy, threshold = oracle_accuracy(LABELS, SCORES)
+    assert binary_metrics(LABELS, SCORES, threshold).accuracy == accuracy
+    labels, inverted = np.array([0, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.1])  # ranking upside down
+    accuracy, threshold = oracle_accuracy(labels, inverted)
+    assert accuracy == 0.75 and binary_metrics(labels, inverted, threshold).sensitivity == 0.0  # all negative
+    assert np.isnan(oracle_accuracy(np.zeros(3, dtype=int), np.array([0.1, 0.5, 0.9]))[0])
 
 
 def test_multiclass_metrics() -> None:
