@@ -230,9 +230,9 @@ def _log_held_out(tracker: MlflowTracker, report: EvaluationReport, data: ImageC
 def _evaluate_external(tracker: MlflowTracker, trainer: Trainer, evaluator: Evaluator, model: TransferModel,
                        data: ImageClassificationData, site: ExternalSet, threshold: float | None) -> dict[str, float]:
     """An external set scored at the validation ``threshold``: metrics ``external/<name>/*``, predictions, figures;
-    with ``evaluation.external_adabn`` also ``external/<name>/adabn_*`` and ``external_<name>_adabn_predictions.csv``,
-    the model with BatchNorm statistics of the set's own images (what ``medtl.predict ... adaptation=adabn`` does at
-    that site; labels unused)."""
+    with ``evaluation.external_adabn`` also ``external/<name>/adabn_*``, ``external_<name>_adabn_predictions.csv``
+    and its plots, the model with BatchNorm statistics of the set's own images (what ``medtl.predict ...
+    adaptation=adabn`` does at that site; labels unused)."""
     loader = site.loader(data, model.encoder.weights_info)
     tta = data.pipeline.tta_views if evaluator.tta else None
     report = evaluator.report(trainer.predict(model, loader, desc=site.split, tta=tta), threshold, site.split)
@@ -247,9 +247,10 @@ def _evaluate_external(tracker: MlflowTracker, trainer: Trainer, evaluator: Eval
     if adaptable:
         adapted = recompute_batchnorm_statistics(model, loader, trainer.device, trainer.progress, adaptable)
         preds = trainer.predict(adapted, loader, desc=f"{site.split} (AdaBN)", tta=tta)
-        adabn = evaluator.report(preds, threshold, site.split)
+        adabn = evaluator.report(preds, threshold, f"{site.split}_adabn")
         metrics.update({f"external/{site.name}/adabn_{k}": v for k, v in adabn.metrics.items()})
         tracker.log_frame(site.case_table(adabn.predictions), predictions_file(f"{site.split}_adabn"))
+        tracker.log_figures(adabn.figures)  # plots/external_<name>_adabn_roc_curve.png, ..._confusion_matrix.png
     tracker.log_metrics(metrics)
     return metrics
 

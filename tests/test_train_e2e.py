@@ -147,6 +147,8 @@ def test_an_external_site_is_scored_at_the_validation_threshold(tiny_overrides: 
     adapted = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                               artifact_path="external_site_b_adabn_predictions.csv"))
     assert list(adapted["case"]) == list(table["case"]) and not adapted["score"].equals(table["score"])
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/external_site_b_adabn_roc_curve.png", "plots/external_site_b_roc_curve.png"} <= plots
     for prefix in ("", "adabn_"):  # no threshold beats the best one on the set's own labels
         assert metrics[f"external/site_b/{prefix}oracle_accuracy"] >= metrics[f"external/site_b/{prefix}accuracy"]
     (tmp_path / "unlabelled.csv").write_text(f"path,patient_id\n{site['path'][0]},p1\n")
