@@ -8,10 +8,11 @@ factor of the strong preset, that factor at its strong value and every other one
 tighter field per border, i.e. a 1.25x zoom after the letterbox), ``resolution`` (half the pixels per side),
 ``blur`` (the detector's Gaussian), ``contrast`` (exposure and gamma), ``noise`` (quantum noise) and ``window``
 (another VOI window in the DICOM). Each run trains a generalisation recipe once, as that benchmark does, and scores
-``heldout``, every factor site and ``strong``, without and with the site's own BatchNorm statistics (AdaBN). The
-factor whose site loses most against ``heldout`` is what an augmentation or an adaptation has to undo. Runs are
-appended to ``<out-name>_runs.jsonl``; the table and plot (``<out-name>.{md,json,png}``) are rewritten after each.
-Run it alone on the machine.
+``heldout``, every factor site and ``strong``, without and with the site's own BatchNorm statistics (AdaBN).
+``--sites`` chooses the factor sites: the single factors (the default) and ``without_<factor>``, the strong site
+with every factor but that one (what undoing that factor alone would recover). Runs are appended to
+``<out-name>_runs.jsonl``; the table and plot (``<out-name>.{md,json,png}``) are rewritten after each. Run it alone
+on the machine.
 """
 from __future__ import annotations
 
@@ -43,27 +44,34 @@ FACTORS: dict[str, tuple[str, ...]] = {
     "collimation": ("collimation",), "resolution": ("resolution",), "blur": ("blur_sigma",),
     "contrast": ("exposure", "gamma"), "noise": ("noise",), "window": ("window",),
 }
+# the factor sites: each factor alone, and the strong site with every factor but one (``without_<factor>``)
+SITE_FIELDS: dict[str, tuple[str, ...]] = {
+    **FACTORS,
+    **{f"without_{factor}": tuple(f for other, fields in FACTORS.items() if other != factor for f in fields)
+       for factor in FACTORS},
+}
 METRICS = ("auroc", "accuracy", "adabn_auroc", "adabn_accuracy")
 
 
-def factor_shift(factor: str) -> AcquisitionShift:
-    """The strong preset's ``factor`` alone: its fields at their strong values, every other field neutral."""
+def factor_shift(site: str) -> AcquisitionShift:
+    """The factor site ``site`` (a key of :data:`SITE_FIELDS`): its fields at the strong preset's values, every
+    other field neutral."""
     strong = shift_for("strong")
-    return AcquisitionShift(jitter=strong.jitter, **{field: getattr(strong, field) for field in FACTORS[factor]})
+    return AcquisitionShift(jitter=strong.jitter, **{field: getattr(strong, field) for field in SITE_FIELDS[site]})
 
 
-def build_factor_sites(heldout_csv: Path, work: Path, seed: int) -> dict[str, Path]:
-    """One labelled manifest per factor under ``work`` (``factor_<name>.csv``; images written once)."""
+def build_factor_sites(heldout_csv: Path, work: Path, seed: int, names: list[str]) -> dict[str, Path]:
+    """One labelled manifest per factor site in ``names`` under ``work`` (``factor_<name>.csv``; written once)."""
     from medtl.data.manifest import read_manifest, write_manifest
     from medtl.data.shift import write_shifted_site
 
     heldout = read_manifest(heldout_csv)
     paths = {}
-    for factor in FACTORS:
-        paths[factor] = work / f"factor_{factor}.csv"
-        if not paths[factor].is_file():
-            site = write_shifted_site(heldout, work / f"factor_{factor}", factor_shift(factor), seed=seed)
-            write_manifest(site[["path", "label", "patient_id"]], paths[factor])
+    for name in names:
+        paths[name] = work / f"factor_{name}.csv"
+        if not paths[name].is_file():
+            site = write_shifted_site(heldout, work / f"factor_{name}", factor_shift(name), seed=seed)
+            write_manifest(site[["path", "label", "patient_id"]], paths[name])
     return paths
 
 
@@ -79,18 +87,28 @@ def one_run(recipe: str, seed: int, sites: dict[str, Path], factors: dict[str, P
         cfg = compose(config_name="config", overrides=overrides)
     start = time.perf_counter()
     metrics = train(cfg)
-    row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start}
-    for site in ("heldout", *FACTORS, "strong"):
+    row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start, "sites": list(factors)}
+    for site in ("heldout", *factors, "strong"):
         for metric in METRICS:
             row[f"{site}_{metric}"] = metrics.get(f"external/{site}/{metric}")  # AdaBN: None with nothing to adapt
     return row
 
 
+def sites_of(runs: pd.DataFrame) -> list[str]:
+    """``heldout``, the factor sites the runs scored (in :data:`SITE_FIELDS` order), ``strong``."""
+    listed = runs["sites"] if "sites" in runs.columns else pd.Series([None] * len(runs))
+    scored = {site for sites in listed for site in (sites if isinstance(sites, list) else FACTORS)}  # older rows
+    return ["heldout", *(site for site in SITE_FIELDS if site in scored), "strong"]
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per recipe x site (``heldout``, the factors, ``strong``): mean and sd over seeds of each metric."""
+    """One row per recipe x site (``heldout``, the factor sites, ``strong``): mean and sd over seeds of each
+    metric."""
+    runs = runs.reindex(columns=[*runs.columns, *(f"{site}_{m}" for site in sites_of(runs) for m in METRICS
+                                                  if f"{site}_{m}" not in runs.columns)])
     rows = []
     for recipe, group in runs.groupby("recipe", sort=False):
-        for site in ("heldout", *FACTORS, "strong"):
+        for site in sites_of(runs):
             row = {"recipe": recipe, "site": site, "seeds": len(group)}
             for metric in METRICS:
                 values = pd.to_numeric(group[f"{site}_{metric}"], errors="coerce")
@@ -143,7 +161,8 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
     machine = machine_description()
     settings = (f"Data: {args.data}, {args.holdout_fraction:.0%} of patients held out (seed {args.holdout_seed}); "
                 f"commit(s) {', '.join(sorted({r['commit'] for r in runs}))}; run alone")
-    factors = "\n".join(f"- `{name}`: {dataclasses.asdict(factor_shift(name))}" for name in FACTORS)
+    factors = "\n".join(f"- `{name}`: {dataclasses.asdict(factor_shift(name))}"
+                        for name in sites_of(pd.DataFrame(runs))[1:-1])
     (out / f"{args.out_name}.md").write_text(f"Machine: {machine}. {settings}.\n\n{markdown_table(readable(table))}"
                                              f"\n\nFactor sites (every other field neutral):\n{factors}\n")
     (out / f"{args.out_name}.json").write_text(json.dumps({"machine": machine, "settings": settings,
@@ -156,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany" / "train"))
     parser.add_argument("--recipes", nargs="+", default=["lpft_frozen3"], choices=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--sites", nargs="+", default=list(FACTORS), choices=list(SITE_FIELDS),
+                        help="factor sites: a factor alone, or without_<factor> (the strong site but that factor)")
     parser.add_argument("--holdout-fraction", type=float, default=0.2)
     parser.add_argument("--holdout-seed", type=int, default=0)
     parser.add_argument("--work-dir", default="~/.cache/medtl/generalisation")
@@ -171,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = read_runs(runs_file)
     work = Path(args.work_dir).expanduser() / f"holdout{args.holdout_seed}"
     sites = build_sites(Path(args.data), work, args.holdout_fraction, args.holdout_seed)
-    factors = build_factor_sites(sites["heldout"], work, args.holdout_seed)
+    factors = build_factor_sites(sites["heldout"], work, args.holdout_seed, args.sites)
     done = {(r["recipe"], r["seed"]) for r in runs}
     for seed in args.seeds:
         for recipe in (r for r in args.recipes if (r, seed) not in done):

@@ -13,15 +13,18 @@ from medtl.data.shift import AcquisitionShift, shift_for
 from tests.benchmarks import load_benchmark
 
 
-@pytest.mark.parametrize("factor", list(load_benchmark("shift_factors").FACTORS))
-def test_factor_shift_is_the_strong_value_of_its_fields_alone(factor: str) -> None:
+@pytest.mark.parametrize("site", list(load_benchmark("shift_factors").SITE_FIELDS))
+def test_factor_site_is_the_strong_value_of_its_fields_alone(site: str) -> None:
     module = load_benchmark("shift_factors")
     strong = shift_for("strong")
-    shift = dataclasses.asdict(module.factor_shift(factor))
+    shift = dataclasses.asdict(module.factor_shift(site))
     neutral = dataclasses.asdict(AcquisitionShift(jitter=strong.jitter))
     changed = {name for name in shift if shift[name] != neutral[name]}
-    assert changed == set(module.FACTORS[factor])
+    assert changed == set(module.SITE_FIELDS[site])
     assert all(shift[name] == getattr(strong, name) for name in changed)
+    if site.startswith("without_"):  # the strong site but one factor: every field of the others
+        factor = site.removeprefix("without_")
+        assert changed == {f for other, fields in module.FACTORS.items() if other != factor for f in fields}
 
 
 def test_table_gives_each_site_against_heldout() -> None:
@@ -67,3 +70,9 @@ def test_smoke_run_writes_factor_sites_scores_them_and_resumes(tmp_path: Path, d
     assert "| recipe | site | seeds | AUROC | acc. | AdaBN AUROC | AdaBN acc. | AUROC vs heldout |" in table
     assert "| lpft_frozen3 | collimation | 1 |" in table and "'collimation': 0.1" in table
     assert (tmp_path / "smoke.png").stat().st_size > 1000
+    module.main([*args, "--out-name", "without", "--sites", "without_noise"])  # the strong site but its noise
+    again = [json.loads(line) for line in (tmp_path / "without_runs.jsonl").read_text().splitlines()]
+    assert again[0]["sites"] == ["without_noise"] and 0.0 <= again[0]["without_noise_adabn_auroc"] <= 1.0
+    assert "collimation_auroc" not in again[0]
+    assert "| lpft_frozen3 | without_noise | 1 |" in (tmp_path / "without.md").read_text()
+    assert "| lpft_frozen3 | collimation |" not in (tmp_path / "without.md").read_text()
