@@ -59,6 +59,9 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_ema_aug_128": [*LP_FT, "trainer.ema_decay=0.99", *ACQUISITION, "data.image_size=128"],
     # wider acquisition augmentation: stronger contrast curves, saturated highlights, tighter fields (zoom)
     "lpft_frozen3_ema_acq_128": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128"],
+    # another detector: fewer pixels (down to 0.4 of the side) and quantum noise at that resolution (see
+    # benchmarks/shift_factors.py: the strong site's factors cost little alone and much together)
+    "lpft_frozen3_detector": [*LP_FT, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16

@@ -49,6 +49,8 @@ class AugmentSchema:
     gamma: float = 0.0
     blur: float = 0.0
     clip_highlights: float = 0.0
+    detector_resolution: float = 0.0
+    detector_noise: float = 0.0
     counterfactual_histogram: float = 0.0
 
 

@@ -28,6 +28,7 @@ from monai.transforms import (
     ThresholdIntensityd,
 )
 
+from medtl.data.acquisition import RandDetectord
 from medtl.data.counterfactual import RandCounterfactualHistogramd
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
 from medtl.models.registry import WeightsInfo
@@ -72,6 +73,11 @@ class AugmentConfig:
     ``min(1, x * (1 + c))`` with ``c`` up to ``clip_highlights`` (the top ``c / (1 + c)`` of the range turns
     white). Each is applied with probability ``prob`` before the affine move and the noise.
 
+    ``detector_resolution`` and ``detector_noise`` imitate a detector with fewer pixels (:mod:`medtl.data.acquisition`,
+    off at 0): the image is resampled to a side ``1 - detector_resolution`` to 1 times its own, gets quantum noise
+    of up to ``detector_noise * sqrt(x)`` there, and is enlarged back as the pipeline enlarges small images, so that
+    the noise arrives as grain several pixels wide; with probability ``prob``, after the contrast curve and blur.
+
     ``counterfactual_histogram``: the probability of giving an image the grey-level distribution of a training
     image of another class (:class:`~medtl.data.counterfactual.RandCounterfactualHistogramd`), so that the
     histogram stops telling the label where the data check found it does (off at 0)."""
@@ -84,6 +90,8 @@ class AugmentConfig:
     gamma: float = 0.0
     blur: float = 0.0
     clip_highlights: float = 0.0
+    detector_resolution: float = 0.0
+    detector_noise: float = 0.0
     counterfactual_histogram: float = 0.0
 
 
@@ -142,7 +150,8 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
 
 
 def _acquisition_augment(augment: AugmentConfig) -> list:
-    """Contrast curve, blur and highlight clipping on the ``(1, S, S)`` image in [0, 1], when configured."""
+    """Highlight clipping, contrast curve, blur and another detector on the ``(1, S, S)`` image in [0, 1], when
+    configured."""
     steps: list = []
     if augment.clip_highlights > 0:
         steps += [RandScaleIntensityd(IMAGE, factors=(0.0, augment.clip_highlights), prob=augment.prob),
@@ -153,6 +162,9 @@ def _acquisition_augment(augment: AugmentConfig) -> list:
     if augment.blur > 0:
         sigma = (min(0.25, augment.blur), augment.blur)
         steps.append(RandGaussianSmoothd(IMAGE, prob=augment.prob, sigma_x=sigma, sigma_y=sigma))
+    if augment.detector_resolution > 0 or augment.detector_noise > 0:
+        steps.append(RandDetectord(IMAGE, prob=augment.prob, min_scale=1.0 - augment.detector_resolution,
+                                   noise=augment.detector_noise))
     return steps
 
 
