@@ -13,7 +13,7 @@ interrupted benchmark continues where it stopped; the summary, table and plot ar
 (``benchmarks/results/<out-name>.{md,json,png}``). Run it alone on the machine.
 
 The simulated sites share a family of changes with the acquisition augmentation some recipes use (contrast curve,
-blur): gains there are partly by construction. ``heldout`` and, outside this repository, the published test split
+blur, a detector's resolution and noise): gains there are partly by construction. ``heldout`` and, outside this repository, the published test split
 are the independent checks.
 """
 from __future__ import annotations

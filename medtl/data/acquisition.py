@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
+from medtl.errors import MedtlError
+
 __all__ = ["RandDetector", "RandDetectord"]
 
 
@@ -34,10 +36,10 @@ class RandDetector(RandomizableTransform):
     def __init__(self, prob: float = 0.5, min_scale: float = 0.5, max_scale: float = 1.0, noise: float = 0.0) -> None:
         RandomizableTransform.__init__(self, prob)
         if not 0.0 < min_scale <= max_scale <= 1.0:
-            raise ValueError(f"detector scales must satisfy 0 < min_scale <= max_scale <= 1, got min_scale="
+            raise MedtlError(f"detector scales must satisfy 0 < min_scale <= max_scale <= 1, got min_scale="
                              f"{min_scale}, max_scale={max_scale}; set data.augment.detector_resolution in [0, 1)")
         if noise < 0:
-            raise ValueError(f"detector noise must be >= 0, got {noise}; set data.augment.detector_noise >= 0")
+            raise MedtlError(f"detector noise must be >= 0, got {noise}; set data.augment.detector_noise >= 0")
         self.min_scale, self.max_scale, self.noise = min_scale, max_scale, noise
         self._scale, self._noise_std, self._noise_seed = 1.0, 0.0, 0
 

@@ -7,6 +7,7 @@ import torch
 
 from medtl.data.acquisition import RandDetector, RandDetectord
 from medtl.data.pipelines import RadiographPipeline
+from medtl.errors import MedtlError
 from medtl.models.registry import WeightsInfo
 
 
@@ -53,7 +54,7 @@ def test_dictionary_wrapper_is_seeded() -> None:
 
 @pytest.mark.parametrize("bad", [{"min_scale": 0.0}, {"min_scale": 0.8, "max_scale": 0.5}, {"noise": -0.1}])
 def test_bad_settings_name_the_config_key(bad: dict) -> None:
-    with pytest.raises(ValueError, match="data.augment.detector_"):
+    with pytest.raises(MedtlError, match="data.augment.detector_"):
         RandDetector(**{"min_scale": 0.5, **bad})
 
 
