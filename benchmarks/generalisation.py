@@ -223,17 +223,23 @@ def write_runs(runs: list[dict], path: Path) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in runs))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_site_arguments(parser: argparse.ArgumentParser, out_name: str) -> None:
+    """The options that say where the source and the sites come from and where results go (shared with
+    ``benchmarks/shift_factors.py``, which builds on the same sites)."""
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany" / "train"))
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--holdout-fraction", type=float, default=0.2)
     parser.add_argument("--holdout-seed", type=int, default=0)
     parser.add_argument("--work-dir", default="~/.cache/medtl/generalisation")
-    parser.add_argument("--out-name", default="generalisation")
+    parser.add_argument("--out-name", default=out_name)
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_site_arguments(parser, "generalisation")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the runs file")
     parser.add_argument("--redo-adabn", action="store_true",
                         help="run again (and replace) the chosen runs whose AdaBN figures predate ADABN_RULE")

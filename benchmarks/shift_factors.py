@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the generalisation benchmark beside this file
-from generalisation import HERE, RECIPES, build_sites, read_runs, run_overrides, write_runs  # noqa: E402
+from generalisation import (  # noqa: E402
+    HERE, RECIPES, add_site_arguments, build_sites, read_runs, run_overrides, write_runs)
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from medtl import CONFIG_DIR  # noqa: E402
@@ -172,17 +173,11 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "chest_xray_kermany" / "train"))
+    add_site_arguments(parser, "shift_factors")
     parser.add_argument("--recipes", nargs="+", default=["lpft_frozen3"], choices=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sites", nargs="+", default=list(FACTORS), choices=list(SITE_FIELDS),
                         help="factor sites: a factor alone, or without_<factor> (the strong site but that factor)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.2)
-    parser.add_argument("--holdout-seed", type=int, default=0)
-    parser.add_argument("--work-dir", default="~/.cache/medtl/generalisation")
-    parser.add_argument("--out-name", default="shift_factors")
-    parser.add_argument("--results-dir", default=str(HERE / "results"))
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
