@@ -235,6 +235,15 @@ def add_site_arguments(parser: argparse.ArgumentParser, out_name: str) -> None:
     parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'mlflow.db'}")
 
 
+def open_results(args: argparse.Namespace) -> tuple[Path, Path, list[dict]]:
+    """The results folder (made), its ``<out-name>_runs.jsonl`` and the runs already in it."""
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_file = out / f"{args.out_name}_runs.jsonl"
+    return out, runs_file, read_runs(runs_file)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_site_arguments(parser, "generalisation")
@@ -245,11 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run again (and replace) the chosen runs whose AdaBN figures predate ADABN_RULE")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs_file = out / f"{args.out_name}_runs.jsonl"
-    runs = read_runs(runs_file)
+    out, runs_file, runs = open_results(args)
     if not args.report_only:
         sites = build_sites(Path(args.data), Path(args.work_dir).expanduser() / f"holdout{args.holdout_seed}",
                             args.holdout_fraction, args.holdout_seed)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the generalisation benchmark beside this file
 from generalisation import (  # noqa: E402
-    HERE, RECIPES, add_site_arguments, build_sites, read_runs, run_overrides, write_runs)
+    HERE, RECIPES, add_site_arguments, build_sites, open_results, run_overrides, write_runs)
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from medtl import CONFIG_DIR  # noqa: E402
@@ -180,11 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="factor sites: a factor alone, or without_<factor> (the strong site but that factor)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs_file = out / f"{args.out_name}_runs.jsonl"
-    runs = read_runs(runs_file)
+    out, runs_file, runs = open_results(args)
     work = Path(args.work_dir).expanduser() / f"holdout{args.holdout_seed}"
     sites = build_sites(Path(args.data), work, args.holdout_fraction, args.holdout_seed)
     factors = build_factor_sites(sites["heldout"], work, args.holdout_seed, args.sites)
