@@ -4,7 +4,8 @@ A site whose detector (or archive) stores fewer pixels reaches the model enlarge
 and its noise arrives enlarged with it, as grain several input pixels wide. Noise added at the input's own
 resolution (``data.augment.noise_std``) does not look like that; :class:`RandDetector` resamples the image to a
 random fraction of its size (area average), adds ``noise * sqrt(x)`` there, and enlarges it back the way
-:func:`medtl.data.transforms.deterministic_transforms` enlarges a small image (``area``: pixel replication).
+:func:`medtl.data.transforms.deterministic_transforms` enlarges a small image (:func:`medtl.data.resize.enlarge`:
+bilinear).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
+from medtl.data.resize import enlarge
 from medtl.errors import MedtlError
 
 __all__ = ["RandDetector", "RandDetectord"]
@@ -62,7 +64,7 @@ class RandDetector(RandomizableTransform):
             generator = torch.Generator().manual_seed(self._noise_seed)
             grain = torch.randn(small.shape, generator=generator)
             small = small + self._noise_std * small.clamp(min=0.0).sqrt() * grain
-        return F.interpolate(small.clamp(0.0, 1.0), size=list(size), mode="area")[0]  # (C, H, W), replicated
+        return enlarge(small.clamp(0.0, 1.0), size)[0]  # (C, H, W), interpolated as the letterbox enlarges
 
 
 class RandDetectord(RandomizableTransform, MapTransform):

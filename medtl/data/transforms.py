@@ -22,7 +22,6 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandScaleIntensityd,
-    Resized,
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
     ThresholdIntensityd,
@@ -31,6 +30,7 @@ from monai.transforms import (
 from medtl.data.acquisition import RandDetectord
 from medtl.data.counterfactual import RandCounterfactualHistogramd
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
+from medtl.data.resize import ResizeLongestd
 from medtl.models.registry import WeightsInfo
 
 __all__ = ["IntensityConfig", "CropConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
@@ -107,7 +107,7 @@ def deterministic_transforms(image_size: int, intensity: IntensityConfig,
         ScaleIntensityRangePercentilesd(IMAGE, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
                                         b_min=0.0, b_max=1.0, clip=True),
         *_crop_to_foreground(crop),  # (1, H, W) -> (1, h, w), the anatomy's bounding box
-        Resized(IMAGE, spatial_size=image_size, size_mode="longest", mode="area"),  # (1, S, <=S) or (1, <=S, S)
+        ResizeLongestd(IMAGE, size=image_size),  # (1, S, <=S) or (1, <=S, S); area to shrink, bilinear to enlarge
         *equalize,
         SpatialPadd(IMAGE, spatial_size=(image_size, image_size)),
         EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),

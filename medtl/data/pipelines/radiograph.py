@@ -35,6 +35,7 @@ class RadiographPipeline(ImagePipeline):
     """
 
     spatial_dims = 2
+    cache_version = 2  # 2: images smaller than the input enlarged bilinearly (medtl.data.resize), not replicated
 
     def __init__(self, image_size: int = 224, intensity: dict | None = None, augment: dict | None = None,
                  dicom: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, crop: dict | None = None) -> None:
