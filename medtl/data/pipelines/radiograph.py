@@ -11,13 +11,15 @@ import torch
 from medtl.data.inventory import Inventory, scan_folder
 from medtl.data.pipelines.base import ImagePipeline, demo_spec, register_pipeline
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiograph
-from medtl.data.transforms import AugmentConfig, CropConfig, IntensityConfig, eval_transforms, train_transforms
+from medtl.data.transforms import (AugmentConfig, CropConfig, IntensityConfig, batch_augmentation, eval_transforms,
+                                   train_transforms)
 from medtl.models.registry import WeightsInfo
 
 if TYPE_CHECKING:
     from monai.transforms import Compose
 
     from medtl.data.check import ImageFacts
+    from medtl.data.site_batches import SiteBatches
 
 __all__ = ["RadiographPipeline", "radiograph_tta_views"]
 
@@ -35,7 +37,6 @@ class RadiographPipeline(ImagePipeline):
     """
 
     spatial_dims = 2
-    cache_version = 2  # 2: images smaller than the input enlarged bilinearly (medtl.data.resize), not replicated
 
     def __init__(self, image_size: int = 224, intensity: dict | None = None, augment: dict | None = None,
                  dicom: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, crop: dict | None = None) -> None:
@@ -58,6 +59,9 @@ class RadiographPipeline(ImagePipeline):
     def eval_transforms(self, weights: WeightsInfo, storage_dtype: type = np.float32) -> Compose:
         return eval_transforms(self.image_size, weights, self.intensity, self.dicom, storage_dtype, self.max_pixels,
                                self.crop)
+
+    def batch_augmentation(self, weights: WeightsInfo) -> SiteBatches | None:
+        return batch_augmentation(self.augment, weights)
 
     def scan_folder(self, folder: Path, root: Path | None = None, allow_outside_root: bool = True) -> Inventory:
         return scan_folder(folder, root, allow_outside_root)
