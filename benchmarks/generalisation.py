@@ -62,6 +62,10 @@ RECIPES: dict[str, list[str]] = {
     # another detector: fewer pixels (down to 0.4 of the side) and quantum noise at that resolution (see
     # benchmarks/shift_factors.py: the strong site's factors cost little alone and much together)
     "lpft_frozen3_detector": [*LP_FT, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08"],
+    # the strong site's contrast, blur, resolution and noise drawn once per batch: each batch one "site", so that
+    # BatchNorm's batch statistics in training are one site's, as AdaBN's are at a site (medtl/data/site_batches.py)
+    "lpft_frozen3_site_batches": [*LP_FT, *ACQUISITION, "data.augment.detector_resolution=0.6",
+                                  "data.augment.detector_noise=0.08", "data.augment.acquisition_per_batch=true"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16

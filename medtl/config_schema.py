@@ -51,6 +51,7 @@ class AugmentSchema:
     clip_highlights: float = 0.0
     detector_resolution: float = 0.0
     detector_noise: float = 0.0
+    acquisition_per_batch: bool = False
     counterfactual_histogram: float = 0.0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import pandas as pd
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.transforms import Randomizable
 from torch.utils.data import Sampler, WeightedRandomSampler
 
 from medtl.data.cache import CheckedPersistentDataset, refuse_if_memory_short
@@ -246,21 +247,22 @@ class ImageClassificationData:
         """Training (shuffled; augmented unless ``augment=False``) and validation loaders for ``weights``."""
         train_ds = self.dataset("train", self.transform(weights, augment), weights)
         val_ds = self.dataset("val", self.transform(weights, augment=False), weights)
-        return self.train_loader(train_ds), self.loader(val_ds, shuffle=False)
+        return self.train_loader(train_ds, self.collation(weights, augment)), self.loader(val_ds, shuffle=False)
 
-    def train_loader(self, dataset: Dataset) -> DataLoader:
+    def train_loader(self, dataset: Dataset, collate: Callable | None = None) -> DataLoader:
         """Batches of the ``train`` split's ``dataset``: shuffled, or with ``sampling=balanced`` drawn with
         replacement so that every collection x class group (the frame's ``collection`` column, which the data
-        check fills) is equally likely; an epoch is still one training set's worth of images."""
+        check fills) is equally likely; an epoch is still one training set's worth of images. ``collate``: see
+        :meth:`collation`."""
         if self.sampling == "shuffle":
-            return self.loader(dataset, shuffle=True)
+            return self.loader(dataset, shuffle=True, collate=collate)
         rows = self._require_setup().query("split == 'train'")
         if "collection" not in rows.columns or rows["collection"].isna().any():
             raise MedtlError("data.sampling=balanced needs each training image's collection, which the data check "
                              "gives: set data.check=true (or add a domain column to the manifest)")
         groups = rows["collection"].astype(str) + "|" + rows["label"].astype(str)
         weights = 1.0 / groups.map(groups.value_counts()).to_numpy(dtype=float)  # (N,): 1 / the group's size
-        return self.loader(dataset, shuffle=False,
+        return self.loader(dataset, shuffle=False, collate=collate,
                            sampler=WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True))
 
     def transform(self, weights: WeightsInfo, augment: bool) -> Any:
@@ -270,12 +272,20 @@ class ImageClassificationData:
             return self.pipeline.train_transforms(weights, storage)
         return self.pipeline.eval_transforms(weights, storage)
 
-    def loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
-        """Batches of ``dataset`` (in ``sampler``'s order when given); on a CUDA machine in pinned memory, so copies
-        to the GPU overlap compute."""
+    def collation(self, weights: WeightsInfo, augment: bool) -> Callable | None:
+        """The augmented training loader's collation when the pipeline draws part of the augmentation once per
+        batch (``data.augment.acquisition_per_batch``); ``None``: MONAI's."""
+        return self.pipeline.batch_augmentation(weights) if augment else None
+
+    def loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None,
+               collate: Callable | None = None) -> DataLoader:
+        """Batches of ``dataset`` (in ``sampler``'s order when given, collated by ``collate`` when given); on a CUDA
+        machine in pinned memory, so copies to the GPU overlap compute."""
+        if collate is not None and isinstance(collate, Randomizable):
+            collate.set_random_state(seed=int(torch.randint(2**31 - 1, ())))  # from the run's seed, as MONAI's
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, collate_fn=collate or list_data_collate)
 
     def items(self, split: str, frame: pd.DataFrame | None = None) -> list[dict[str, Any]]:
         """Dataset items of ``split`` of ``frame`` (the source by default):

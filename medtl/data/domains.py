@@ -174,7 +174,7 @@ class DomainAdaptationData(ImageClassificationData):
     def target_loader(self, weights: WeightsInfo, split: str, augment: bool) -> DataLoader:
         """Target images of ``split`` (``adapt`` or ``test``), shuffled and augmented when ``augment``."""
         return self.loader(self.dataset(split, self.transform(weights, augment), weights, self._require_target()),
-                           shuffle=augment)
+                           shuffle=augment, collate=self.collation(weights, augment))
 
     def oracle_loaders(self, weights: WeightsInfo, augment: bool = True) -> tuple[DataLoader, DataLoader]:
         """``target_oracle``: train on labelled target ``adapt`` patients, validate on a disjoint part of them."""
@@ -187,7 +187,8 @@ class DomainAdaptationData(ImageClassificationData):
         frame.loc[held_out, "split"] = "val"
         train = self.dataset("train", self.transform(weights, augment), weights, frame)
         val = self.dataset("val", self.transform(weights, augment=False), weights, frame)
-        return self.loader(train, shuffle=True), self.loader(val, shuffle=False)
+        collate = self.collation(weights, augment)
+        return self.loader(train, shuffle=True, collate=collate), self.loader(val, shuffle=False)
 
     def _split_target(self, target: pd.DataFrame) -> pd.DataFrame:
         unknown = sorted(set(target["label"]) - {""} - set(self.classes))
@@ -240,7 +241,8 @@ def run_loaders(data: ImageClassificationData, weights: WeightsInfo, augment: bo
     if trains_on_target_labels:
         train, val = data.oracle_loaders(weights, augment)
     else:
-        train = data.train_loader(data.dataset("train", data.transform(weights, augment), weights))
+        train = data.train_loader(data.dataset("train", data.transform(weights, augment), weights),
+                                  data.collation(weights, augment))
         val = source_val
     return RunLoaders(
         train, val, source_val, _source_test(data, weights),

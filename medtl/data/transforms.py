@@ -31,9 +31,11 @@ from medtl.data.acquisition import RandDetectord
 from medtl.data.counterfactual import RandCounterfactualHistogramd
 from medtl.data.readers import DEFAULT_MAX_PIXELS, DicomOptions, LoadRadiographd
 from medtl.data.resize import ResizeLongestd
+from medtl.data.site_batches import SiteBatches
 from medtl.models.registry import WeightsInfo
 
-__all__ = ["IntensityConfig", "CropConfig", "AugmentConfig", "deterministic_transforms", "train_transforms", "eval_transforms"]
+__all__ = ["IntensityConfig", "CropConfig", "AugmentConfig", "deterministic_transforms", "train_transforms",
+           "eval_transforms", "batch_augmentation", "normalisation_of"]
 
 IMAGE = "image"
 
@@ -78,6 +80,10 @@ class AugmentConfig:
     of up to ``detector_noise * sqrt(x)`` there, and is enlarged back as the pipeline enlarges small images, so that
     the noise arrives as grain several pixels wide; with probability ``prob``, after the contrast curve and blur.
 
+    ``acquisition_per_batch``: draw those acquisition changes once per training batch instead of once per image
+    (:mod:`medtl.data.site_batches`), after the affine move and the noise, so that each batch looks like one other
+    site and BatchNorm's batch statistics in training are those of one site, as AdaBN's are at a new one.
+
     ``counterfactual_histogram``: the probability of giving an image the grey-level distribution of a training
     image of another class (:class:`~medtl.data.counterfactual.RandCounterfactualHistogramd`), so that the
     histogram stops telling the label where the data check found it does (off at 0)."""
@@ -92,6 +98,7 @@ class AugmentConfig:
     clip_highlights: float = 0.0
     detector_resolution: float = 0.0
     detector_noise: float = 0.0
+    acquisition_per_batch: bool = False
     counterfactual_histogram: float = 0.0
 
 
@@ -138,7 +145,7 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
     random_part = [
         EnsureTyped(IMAGE, dtype=np.float32, track_meta=False),
         *counterfactual,
-        *_acquisition_augment(augment),
+        *([] if augment.acquisition_per_batch else _acquisition_augment(augment)),
         RandAffined(IMAGE, prob=augment.prob, rotate_range=np.deg2rad(augment.rotate_deg),
                     scale_range=augment.scale, translate_range=augment.translate * image_size_px,
                     padding_mode="zeros", mode="bilinear"),
@@ -147,6 +154,16 @@ def train_transforms(image_size: int, weights: WeightsInfo, intensity: Intensity
     return Compose([*deterministic_transforms(image_size, intensity, dicom, max_pixels, crop), _store_as(storage_dtype),
                     *random_part,
                     normalise_for(weights), EnsureTyped(IMAGE, dtype=np.float32, track_meta=False)])
+
+
+def batch_augmentation(augment: AugmentConfig, weights: WeightsInfo) -> SiteBatches | None:
+    """With ``augment.acquisition_per_batch``, the training loader's collation that draws the acquisition
+    augmentation once per batch; ``None`` when it is off or there is nothing to draw."""
+    steps = _acquisition_augment(augment)
+    if not (augment.acquisition_per_batch and steps):
+        return None
+    subtrahend, divisor = normalisation_of(weights)
+    return SiteBatches(steps, subtrahend, divisor)
 
 
 def _acquisition_augment(augment: AugmentConfig) -> list:
@@ -183,5 +200,11 @@ def _store_as(dtype: type) -> EnsureTyped:
 
 def normalise_for(weights: WeightsInfo) -> NormalizeIntensityd:
     """The encoder's input normalisation for one grey channel."""
+    subtrahend, divisor = normalisation_of(weights)
+    return NormalizeIntensityd(IMAGE, subtrahend=subtrahend, divisor=divisor)
+
+
+def normalisation_of(weights: WeightsInfo) -> tuple[float, float]:
+    """``(subtrahend, divisor)`` of the encoder's input normalisation for one grey channel."""
     # Grey input: the encoder's first convolution was collapsed to one channel, so one mean/std.
-    return NormalizeIntensityd(IMAGE, subtrahend=float(np.mean(weights.mean)), divisor=float(np.mean(weights.std)))
+    return float(np.mean(weights.mean)), float(np.mean(weights.std))

@@ -385,7 +385,8 @@ class Trainer:
         that every rank holds whole trains alike everywhere, unwrapped)."""
         model.to(self.device)
         optimizer, scheduler = self._optimiser(model, train_loader, max_epochs, target, objective)
-        transforms = random_transforms(getattr(getattr(train_loader, "dataset", None), "transform", None))
+        transforms = random_transforms([getattr(getattr(train_loader, "dataset", None), "transform", None),
+                                        getattr(train_loader, "collate_fn", None)])
         averaged = self._averaged(model) if save_best else None  # the encoder trains: weight averaging applies
         state = resume or TrainingState(anchor=dict(anchor or {}))
         if resume is not None:

@@ -32,8 +32,10 @@ STATE_VERSION = 1
 
 
 def random_transforms(transform: Any) -> list[Randomizable]:
-    """The MONAI random transforms inside ``transform`` (a ``Compose`` or one transform), in a stable order,
-    including those that others hold (``RandAffined.rand_affine.rand_affine_grid``): each has its own generator."""
+    """The MONAI random transforms inside ``transform`` (a ``Compose``, one transform, an object with a
+    ``transforms`` list such as :class:`~medtl.data.site_batches.SiteBatches`, or a list of those), in a stable
+    order, including those that others hold (``RandAffined.rand_affine.rand_affine_grid``): each has its own
+    generator."""
     found: list[Randomizable] = []
     seen: set[int] = set()
 
@@ -49,8 +51,9 @@ def random_transforms(transform: Any) -> list[Randomizable]:
             if isinstance(value, Randomizable):
                 visit(value, depth + 1)
 
-    if transform is not None:
-        visit(transform, 0)
+    for item in transform if isinstance(transform, list) else [transform]:
+        if item is not None:
+            visit(item, 0)
     return found
 
 

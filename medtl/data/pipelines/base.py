@@ -68,6 +68,11 @@ class ImagePipeline(ABC):
     def tta_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Test-time views of a batch ``(B, C, *input_shape)``, each of the same shape."""
 
+    def batch_augmentation(self, weights: WeightsInfo) -> Callable[[list[dict[str, Any]]], dict[str, Any]] | None:
+        """The training loader's collation when part of the augmentation is drawn once per batch
+        (:mod:`medtl.data.site_batches`); ``None``: MONAI's collation, every draw per input."""
+        return None
+
     def demo(self, demo_dir: str, spec: dict[str, Any]) -> Path:
         """The manifest of this kind's built-in demo set under ``demo_dir`` (``data.demo`` = ``spec``), generated
         once; a kind without a demo says so."""
