@@ -43,6 +43,11 @@ SITES = ["heldout", "mild", "strong"]
 ADABN_RULE = 2
 # the experiment's defaults as they were when finetune_5ep was measured (they changed: README, Generalisation)
 PLAIN_FINETUNE = ["model.frozen_stages=0", "trainer.linear_probe_first=false"]
+# the augmentation every recipe starts from, whatever the experiment's default: none of another site's acquisition
+# (a recipe's own overrides come after it and win; see run_overrides)
+NO_ACQUISITION = ["data.augment.gamma=0.0", "data.augment.blur=0.0", "data.augment.clip_highlights=0.0",
+                  "data.augment.detector_resolution=0.0", "data.augment.detector_noise=0.0",
+                  "data.augment.acquisition_per_batch=false"]
 LP_FT = ["model.strategy=finetune", "model.frozen_stages=3", "trainer.linear_probe_first=true",
          "trainer.max_epochs=3"]
 ACQUISITION = ["data.augment.gamma=0.4", "data.augment.blur=1.5"]
@@ -107,12 +112,15 @@ def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: i
 
 
 def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, extra: list[str]) -> list[str]:
-    """The ``medtl.train`` overrides of one run: the recipe on the source, the sites as external sets."""
-    return ["+experiment=chest_xray", f"data.manifest={sites['source']}", f"seed={seed}", "data.check=false",
-            "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
-            "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
-            "evaluation.external_adabn=true",
-            *(f"+evaluation.external.{site}={sites[site]}" for site in SITES), *RECIPES[recipe], *extra]
+    """The ``medtl.train`` overrides of one run: the recipe on the source, the sites as external sets. Each key is
+    set once, to its last value: the recipe's own settings replace :data:`NO_ACQUISITION`, ``extra`` the recipe's."""
+    overrides = ["+experiment=chest_xray", f"data.manifest={sites['source']}", f"seed={seed}", "data.check=false",
+                 "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
+                 "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
+                 "evaluation.external_adabn=true", *(f"+evaluation.external.{site}={sites[site]}" for site in SITES),
+                 *NO_ACQUISITION, *RECIPES[recipe], *extra]
+    last = {override.partition("=")[0]: override for override in overrides}
+    return list(last.values())
 
 
 def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, extra: list[str]) -> dict:

@@ -75,3 +75,18 @@ def test_every_recipe_composes_with_the_experiment(recipe: str, tmp_path: Path) 
         cfg = compose(config_name="config", overrides=module.run_overrides(recipe, 0, sites, "sqlite:///x.db", []))
     validate_config(cfg)
     assert cfg.seed == 0 and str(cfg.evaluation.external.strong).endswith("strong.csv")
+
+
+def test_each_key_is_set_once_and_a_recipe_overrides_the_no_acquisition_start(tmp_path: Path) -> None:
+    module = load_benchmark("generalisation")
+    sites = {site: tmp_path / f"{site}.csv" for site in ("source", *module.SITES)}
+
+    def overrides(recipe: str, extra: list[str]) -> list[str]:
+        found = module.run_overrides(recipe, 0, sites, "sqlite:///x.db", extra)
+        keys = [o.partition("=")[0] for o in found]
+        assert len(keys) == len(set(keys)), found
+        return found
+
+    assert "data.augment.acquisition_per_batch=false" in overrides("lpft_frozen3", [])
+    site_batches = overrides("lpft_frozen3_site_batches", ["data.augment.gamma=0.2"])
+    assert "data.augment.acquisition_per_batch=true" in site_batches and "data.augment.gamma=0.2" in site_batches

@@ -140,9 +140,10 @@ def test_finished_run_folders_beyond_the_retention_are_deleted(tmp_path: Path) -
     assert (tmp_path / "run2" / RunFolder.LAST).is_file() and not (tmp_path / "run4" / RunFolder.LAST).exists()
 
 
-def test_a_killed_run_with_group_dro_and_counterfactual_histograms_resumes_to_the_same_losses(tmp_path: Path) -> None:
-    """The objective's group weights and the augmentation's reservoirs are in the training state: after a SIGKILL
-    the resumed run logs the training losses an uninterrupted run logs."""
+def test_a_killed_run_with_group_dro_and_stateful_augmentation_resumes_to_the_same_losses(tmp_path: Path) -> None:
+    """The objective's group weights, the augmentation's reservoirs and the generators of the per-batch acquisition
+    (the loader's collation) are in the training state: after a SIGKILL the resumed run logs the training losses an
+    uninterrupted run logs."""
     from tests.objectives.test_shortcut_training import confounded_set
 
     manifest = confounded_set(tmp_path / "data")
@@ -151,7 +152,8 @@ def test_a_killed_run_with_group_dro_and_counterfactual_histograms_resumes_to_th
         return [f"data.manifest={manifest}", "data.positive_class=lesion", "data.image_size=48", "data.batch_size=16",
                 "data.cache_workers=1", "model.strategy=finetune", f"trainer.max_epochs={EPOCHS}",
                 "trainer.early_stopping_patience=10", "trainer.progress=false", "tracking.log_model=false",
-                "objective=group_dro", "data.augment.counterfactual_histogram=0.5",
+                "objective=group_dro", "data.augment.counterfactual_histogram=0.5", "data.augment.gamma=0.5",
+                "data.augment.detector_resolution=0.5", "data.augment.acquisition_per_batch=true",
                 f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"trainer.checkpoint_dir={root / 'checkpoints'}"]
 
     killed, straight = tmp_path / "killed", tmp_path / "straight"
