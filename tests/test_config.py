@@ -79,7 +79,8 @@ def test_chest_xray_default_is_the_generalisation_benchmarks_recipe() -> None:
     model, trainer = instantiate(cfg.model, num_classes=2), instantiate(cfg.trainer)
     assert model.strategy.name == "finetune" and model.frozen_stages == 3
     assert trainer.linear_probe_first and trainer.max_epochs == 3 and cfg.evaluation.external_adabn
-    recipe = load_benchmark("generalisation").RECIPES["lpft_frozen3"]
+    assert cfg.data.augment.acquisition_per_batch and cfg.data.augment.detector_noise > 0
+    recipe = load_benchmark("generalisation").RECIPES["lpft_frozen3_site_batches"]
     assert compose_config(["+experiment=chest_xray", *recipe]) == cfg  # the measured recipe is the default
 
 
