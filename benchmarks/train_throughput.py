@@ -9,7 +9,9 @@ Every figure is ``Trainer._train_epoch`` (forward, backward, gradient clipping, 
 again, the model's own speed. Configurations: ``before`` (contiguous layout, every stage trains: medtl's default
 until the layout became ``auto``), ``auto`` (the layout the machine picks), ``auto`` with the first stages frozen
 (``model.frozen_stages``), and that with bfloat16 autocast (``trainer.amp=true``) or with the model compiled
-(``torch.compile``, inductor; compilation happens in the warm-up and is not timed). The ratio is the pipeline's speed over the model's best in-memory speed at any measured
+(``torch.compile``, inductor; compilation happens in the warm-up and is not timed), and ``recipe``: the frozen
+stages with the training augmentation of ``+experiment=chest_xray`` (read from its config: today another site's
+acquisition drawn once per batch in the loader's collation). The ratio is the pipeline's speed over the model's best in-memory speed at any measured
 batch size. Also the frozen encoder's feature extraction (what the linear probe and LP-FT encode once), in
 float32 and in bfloat16 autocast (``trainer.features.dtype``), on one in-memory batch. Run it alone: another torch
 process on the same cores slows it several times. Writes ``benchmarks/results/train_throughput.{json,md}``.
@@ -25,6 +27,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from medtl import CONFIG_DIR
 from medtl.data import ImageClassificationData
 from medtl.engine import Trainer
 from medtl.engine.loop import encode_features
@@ -38,7 +44,16 @@ PATTERNS = [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]
 CONFIGS = {"before": ("contiguous", 0, False, False), "auto": ("auto", 0, False, False),
            "auto, frozen_stages=3": ("auto", 3, False, False),
            "auto, frozen_stages=3, bf16 autocast": ("auto", 3, True, False),
-           "auto, frozen_stages=3, torch.compile": ("auto", 3, False, True)}
+           "auto, frozen_stages=3, torch.compile": ("auto", 3, False, True),
+           "recipe: auto, frozen_stages=3, chest_xray augmentation": ("auto", 3, False, False)}
+RECIPE = "recipe: auto, frozen_stages=3, chest_xray augmentation"
+
+
+def experiment_augmentation(experiment: str = "chest_xray") -> dict:
+    """``data.augment`` of ``+experiment=<experiment>`` as composed by Hydra (the recipe's training augmentation)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        config = compose(config_name="config", overrides=[f"+experiment={experiment}"])
+    return OmegaConf.to_container(config.data.augment, resolve=True)
 
 
 def images_per_second(trainer: Trainer, model: torch.nn.Module, batches: list[dict] | object, steps: int) -> float:
@@ -112,14 +127,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows, encoding = [], []
     for size in args.image_size:
-        data = ImageClassificationData(root=args.data, patient_id_patterns=PATTERNS, image_size=size,
-                                       check=False, max_images=args.max_images)
-        data.setup()
+        data = training_data(args, size)
         for name in args.configs:
-            rows += measure(data, size, name, args.batch_size, args.steps)
+            augment = experiment_augmentation() if name == RECIPE else None
+            rows += measure(data if augment is None else training_data(args, size, augment), size, name,
+                            args.batch_size, args.steps)
         if args.encode_batch_size:
             encoding += encoding_rows(data, size, args.encode_batch_size, repeats=3)
     write_results(rows, Path(args.results_dir), args.out_name, encoding)
+
+
+def training_data(args: argparse.Namespace, size: int, augment: dict | None = None) -> ImageClassificationData:
+    """The first ``--max-images`` of ``--data`` at ``size`` px, set up, with ``augment`` (default: medtl's)."""
+    data = ImageClassificationData(root=args.data, patient_id_patterns=PATTERNS, image_size=size, check=False,
+                                   max_images=args.max_images, augment=augment)
+    data.setup()
+    return data
 
 
 def write_results(rows: list[dict], out: Path, name: str = "train_throughput", encoding: list[dict] | None = None) -> None:

@@ -33,3 +33,21 @@ def test_smoke_run_writes_training_and_feature_extraction_rows(tmp_path: Path) -
     assert sum(r["auto_chooses_it"] for r in encoding) == 1  # auto picks exactly one of the two
     text = (tmp_path / "smoke.md").read_text()
     assert "Feature extraction" in text and "| 32 | bfloat16 | 8 |" in text
+
+
+def test_recipe_row_trains_with_the_chest_experiments_augmentation(tmp_path: Path) -> None:
+    module = load_benchmark("train_throughput")
+    augment = module.experiment_augmentation()
+    assert augment["acquisition_per_batch"] is True and augment["gamma"] > 0  # the default of +experiment=chest_xray
+    data = module.training_data(_TinyArgs(_tiny_set(tmp_path / "data")), 32, augment)
+    assert data.augment.acquisition_per_batch and data.augment.detector_noise == augment["detector_noise"]
+    module.main(["--data", str(tmp_path / "data"), "--image-size", "32", "--batch-size", "4", "--configs",
+                 module.RECIPE, "--steps", "2", "--encode-batch-size", "0", "--results-dir", str(tmp_path),
+                 "--out-name", "recipe"])
+    rows = json.loads((tmp_path / "recipe.json").read_text())["rows"]
+    assert [r["config"] for r in rows] == [module.RECIPE] and rows[0]["pipeline_img_s"] > 0
+
+
+class _TinyArgs:
+    def __init__(self, data: Path) -> None:
+        self.data, self.max_images = str(data), 800
