@@ -57,6 +57,11 @@ WIDE_ACQUISITION = ["data.augment.gamma=0.7", "data.augment.blur=1.5", "data.aug
 # BatchNorm's batch statistics in training are one site's, as AdaBN's are at a site (medtl/data/site_batches.py)
 SITE_BATCHES = [*ACQUISITION, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08",
                 "data.augment.acquisition_per_batch=true"]
+# per-batch sites with wider processing: contrast curves out to gamma 1.7 and display windows that saturate up to a
+# third of the range (the strong site's gamma 1.6 and window lie outside SITE_BATCHES' range)
+WIDE_SITE_BATCHES = ["data.augment.gamma=0.7", "data.augment.blur=1.5", "data.augment.clip_highlights=0.5",
+                     "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08",
+                     "data.augment.acquisition_per_batch=true"]
 # the label-efficiency subset: 5% of the training images, whole patients (another subset per seed), validation as
 # for the full set; epochs scaled as benchmarks/label_efficiency.py does (3 / sqrt(0.05) = 14)
 FIVE_PERCENT = ["data.train_fraction=0.05", "data.train_subset_seed=${seed}", "trainer.max_epochs=14"]
@@ -76,11 +81,11 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_detector": [*LP_FT, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08"],
     # per-batch sites (SITE_BATCHES above); the default of +experiment=chest_xray since d805056
     "lpft_frozen3_site_batches": [*LP_FT, *SITE_BATCHES],
-    # per-batch sites with wider processing: contrast curves out to gamma 1.7 and display windows that saturate up
-    # to a third of the range (the strong site's gamma 1.6 and window lie outside SITE_BATCHES' range)
-    "lpft_frozen3_site_batches_wide": [*LP_FT, "data.augment.gamma=0.7", "data.augment.blur=1.5",
-                                       "data.augment.clip_highlights=0.5", "data.augment.detector_resolution=0.6",
-                                       "data.augment.detector_noise=0.08", "data.augment.acquisition_per_batch=true"],
+    # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
+    "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
+    # and a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8 of each side)
+    "lpft_frozen3_site_batches_wide_zoom": [*LP_FT, *WIDE_SITE_BATCHES, "data.augment.scale=0.3"],
+    # label efficiency at the per-batch sites (FIVE_PERCENT above)
     "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
