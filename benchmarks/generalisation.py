@@ -93,6 +93,8 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen2_site_batches": [*LP_FT, "model.frozen_stages=2", *SITE_BATCHES],
     # label efficiency at the per-batch sites (FIVE_PERCENT above)
     "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
+    # the same 5% at the recipe's own 3 epochs (about 16 fine-tuning steps after the probe)
+    "lpft_frozen3_site_batches_5pct_3ep": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT, "trainer.max_epochs=3"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16
