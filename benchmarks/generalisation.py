@@ -85,8 +85,16 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # and a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8 of each side)
     "lpft_frozen3_site_batches_wide_zoom": [*LP_FT, *WIDE_SITE_BATCHES, "data.augment.scale=0.3"],
+    # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
+    # of each side)
+    "lpft_frozen3_site_batches_zoom": [*LP_FT, *SITE_BATCHES, "data.augment.scale=0.3"],
+    # per-batch sites with only the stem and the first MBConv stage frozen: the stage that sees the grain at 56 px
+    # learns under one-site batches too, and AdaBN re-estimates it at a site
+    "lpft_frozen2_site_batches": [*LP_FT, "model.frozen_stages=2", *SITE_BATCHES],
     # label efficiency at the per-batch sites (FIVE_PERCENT above)
     "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
+    # the same 5% at the recipe's own 3 epochs (about 16 fine-tuning steps after the probe)
+    "lpft_frozen3_site_batches_5pct_3ep": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT, "trainer.max_epochs=3"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
     "lpft_frozen3_eq": [*LP_FT, "data.intensity.equalize=true"],
     # bfloat16 autocast in training and bfloat16 probe features: what amp=auto would choose on a CPU with native bf16
