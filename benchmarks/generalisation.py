@@ -141,6 +141,11 @@ def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: 
                  "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
                  "evaluation.external_adabn=true", *(f"+evaluation.external.{site}={sites[site]}" for site in SITES),
                  *NO_ACQUISITION, *RECIPES[recipe], *extra]
+    return last_wins(overrides)
+
+
+def last_wins(overrides: list[str]) -> list[str]:
+    """``overrides`` with each key once, at its first place, set to its last value (Hydra refuses a key twice)."""
     last = {override.partition("=")[0]: override for override in overrides}
     return list(last.values())
 
@@ -238,7 +243,7 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
     commits = sorted({r["commit"] for r in runs})
     settings = (f"Data: {args.data}, {args.holdout_fraction:.0%} of patients held out (seed {args.holdout_seed}); "
                 f"commit(s) {', '.join(commits)}; run alone")
-    recipes = "\n".join(f"- `{name}`: `{' '.join(RECIPES[name])}`" for name in table["recipe"] if name in RECIPES)
+    recipes = "\n".join(recipe_line(name, runs) for name in table["recipe"] if name in RECIPES)
     adabn = readable_adabn(table)
     adabn_text = ("\n\nWith each site's own BatchNorm statistics (`evaluation.external_adabn`, as "
                   f"`medtl.predict adaptation=adabn` at that site):\n\n{markdown_table(adabn)}") if len(adabn) else ""
@@ -248,6 +253,13 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
     (out / f"{args.out_name}.json").write_text(json.dumps({"machine": machine, "settings": settings,
                                                            "summary": table.to_dict("records")}, indent=2, default=float))
     plot(table, out / f"{args.out_name}.png")
+
+
+def recipe_line(name: str, runs: list[dict]) -> str:
+    """``- `name`: `overrides``` for the results file, each key once, plus the command line's extra overrides."""
+    extra = sorted({" ".join(r.get("overrides") or []) for r in runs if r["recipe"] == name} - {""})
+    command_line = f" (command line: {'; '.join(f'`{e}`' for e in extra)})" if extra else ""
+    return f"- `{name}`: `{' '.join(last_wins(RECIPES[name]))}`{command_line}"
 
 
 def write_runs(runs: list[dict], path: Path) -> None:

@@ -90,3 +90,14 @@ def test_each_key_is_set_once_and_a_recipe_overrides_the_no_acquisition_start(tm
     assert "data.augment.acquisition_per_batch=false" in overrides("lpft_frozen3", [])
     site_batches = overrides("lpft_frozen3_site_batches", ["data.augment.gamma=0.2"])
     assert "data.augment.acquisition_per_batch=true" in site_batches and "data.augment.gamma=0.2" in site_batches
+
+
+def test_results_list_each_recipe_key_once_with_the_command_lines_extras() -> None:
+    module = load_benchmark("generalisation")
+    runs = [{"recipe": "lpft_frozen3_site_batches_5pct", "overrides": ["trainer.max_epochs=25"]},
+            {"recipe": "lpft_frozen3_site_batches_5pct", "overrides": []}, {"recipe": "lpft_frozen3"}]
+    line = module.recipe_line("lpft_frozen3_site_batches_5pct", runs)
+    recipe, _, command_line = line.partition(" (command line: ")
+    assert recipe.count("trainer.max_epochs=") == 1 and "trainer.max_epochs=14 " in recipe  # the recipe's last value
+    assert command_line == "`trainer.max_epochs=25`)"
+    assert "command line" not in module.recipe_line("lpft_frozen3", runs)
