@@ -83,8 +83,6 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches": [*LP_FT, *SITE_BATCHES],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
-    # and a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8 of each side)
-    "lpft_frozen3_site_batches_wide_zoom": [*LP_FT, *WIDE_SITE_BATCHES, "data.augment.scale=0.3"],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
     # of each side)
     "lpft_frozen3_site_batches_zoom": [*LP_FT, *SITE_BATCHES, "data.augment.scale=0.3"],

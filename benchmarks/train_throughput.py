@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -40,13 +39,14 @@ from medtl.provenance import git_commit, machine_description, markdown_table
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = [r"^(person\d+)_", r"^((?:NORMAL2-)?IM-\d+)-"]
+# the frozen stages with +experiment=chest_xray's training augmentation (read from its config)
+RECIPE = "recipe: auto, frozen_stages=3, chest_xray augmentation"
 # name: (trainer.memory_format, model.frozen_stages, trainer.amp (bfloat16 autocast on CPU), torch.compile)
 CONFIGS = {"before": ("contiguous", 0, False, False), "auto": ("auto", 0, False, False),
            "auto, frozen_stages=3": ("auto", 3, False, False),
            "auto, frozen_stages=3, bf16 autocast": ("auto", 3, True, False),
            "auto, frozen_stages=3, torch.compile": ("auto", 3, False, True),
-           "recipe: auto, frozen_stages=3, chest_xray augmentation": ("auto", 3, False, False)}
-RECIPE = "recipe: auto, frozen_stages=3, chest_xray augmentation"
+           RECIPE: ("auto", 3, False, False)}
 
 
 def experiment_augmentation(experiment: str = "chest_xray") -> dict:
