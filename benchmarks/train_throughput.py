@@ -129,9 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.image_size:
         data = training_data(args, size)
         for name in args.configs:
-            augment = experiment_augmentation() if name == RECIPE else None
-            rows += measure(data if augment is None else training_data(args, size, augment), size, name,
-                            args.batch_size, args.steps)
+            config_data = training_data(args, size, experiment_augmentation()) if name == RECIPE else data
+            rows += measure(config_data, size, name, args.batch_size, args.steps)
         if args.encode_batch_size:
             encoding += encoding_rows(data, size, args.encode_batch_size, repeats=3)
     write_results(rows, Path(args.results_dir), args.out_name, encoding)

@@ -1,6 +1,7 @@
 """The throughput benchmark runs on a tiny generated set and writes training and feature-extraction rows."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -39,15 +40,11 @@ def test_recipe_row_trains_with_the_chest_experiments_augmentation(tmp_path: Pat
     module = load_benchmark("train_throughput")
     augment = module.experiment_augmentation()
     assert augment["acquisition_per_batch"] is True and augment["gamma"] > 0  # the default of +experiment=chest_xray
-    data = module.training_data(_TinyArgs(_tiny_set(tmp_path / "data")), 32, augment)
+    args = argparse.Namespace(data=str(_tiny_set(tmp_path / "data")), max_images=800)
+    data = module.training_data(args, 32, augment)
     assert data.augment.acquisition_per_batch and data.augment.detector_noise == augment["detector_noise"]
     module.main(["--data", str(tmp_path / "data"), "--image-size", "32", "--batch-size", "4", "--configs",
                  module.RECIPE, "--steps", "2", "--encode-batch-size", "0", "--results-dir", str(tmp_path),
                  "--out-name", "recipe"])
     rows = json.loads((tmp_path / "recipe.json").read_text())["rows"]
     assert [r["config"] for r in rows] == [module.RECIPE] and rows[0]["pipeline_img_s"] > 0
-
-
-class _TinyArgs:
-    def __init__(self, data: Path) -> None:
-        self.data, self.max_images = str(data), 800
