@@ -14,7 +14,8 @@ interrupted benchmark continues where it stopped; the summary, table and plot ar
 
 The simulated sites share a family of changes with the acquisition augmentation some recipes use (contrast curve,
 blur, a detector's resolution and noise): gains there are partly by construction. ``heldout`` and, outside this repository, the published test split
-are the independent checks.
+are the independent checks. A recipe in ``SOURCE_SITES`` is a ceiling, not a candidate: it trains on the source's
+patients as that site acquires them (other draws of the same shift), so it shows how far the site itself allows.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 
@@ -112,11 +114,18 @@ RECIPES: dict[str, list[str]] = {
     # WiSE-FT: halfway between the probe's weights and the fine-tuned ones
     "lpft_frozen3_ema_acq_128_wise": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128",
                                       "trainer.interpolate_probe=0.5"],
+    # a ceiling, not a candidate: trained on the source's patients as the strong site acquires them (SOURCE_SITES)
+    "lpft_frozen3_trained_at_strong": LP_FT,
 }
+# recipes trained on the source through a site's shift instead of as stored: what a model that saw that site's
+# acquisition (and its labels) reaches there; the draws differ from the held-out site's (seed holdout_seed + 1)
+SOURCE_SITES = {"lpft_frozen3_trained_at_strong": "strong"}
 
 
-def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: int) -> dict[str, Path]:
-    """``source.csv`` (80% of the patients) and one labelled manifest per site under ``work`` (written once)."""
+def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: int,
+                source_sites: Iterable[str] = ()) -> dict[str, Path]:
+    """``source.csv`` (80% of the patients) and one labelled manifest per site under ``work`` (written once); for
+    each severity in ``source_sites`` also ``source_<severity>.csv``, the source through that shift."""
     from medtl.data.manifest import read_manifest, scan_tree, write_manifest
     from medtl.data.shift import shift_for, write_shifted_site
     from medtl.data.split import stratified_group_holdout
@@ -133,13 +142,28 @@ def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: i
         if not paths[severity].is_file():
             site = write_shifted_site(heldout, work / severity, shift_for(severity), seed=holdout_seed)
             write_manifest(site[["path", "label", "patient_id"]], paths[severity])
+    for severity in source_sites:
+        paths[f"source_{severity}"] = shifted_source(paths["source"], work, severity, holdout_seed + 1)
     return paths
+
+
+def shifted_source(source: Path, work: Path, severity: str, seed: int) -> Path:
+    """``work/source_<severity>.csv``: the images of ``source`` through the ``severity`` shift (written once)."""
+    from medtl.data.manifest import read_manifest, write_manifest
+    from medtl.data.shift import shift_for, write_shifted_site
+
+    path = work / f"source_{severity}.csv"
+    if not path.is_file():
+        site = write_shifted_site(read_manifest(source), work / f"source_{severity}", shift_for(severity), seed=seed)
+        write_manifest(site[["path", "label", "patient_id"]], path)
+    return path
 
 
 def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, extra: list[str]) -> list[str]:
     """The ``medtl.train`` overrides of one run: the recipe on the source, the sites as external sets. Each key is
     set once, to its last value: the recipe's own settings replace :data:`NO_ACQUISITION`, ``extra`` the recipe's."""
-    overrides = ["+experiment=chest_xray", f"data.manifest={sites['source']}", f"seed={seed}", "data.check=false",
+    source = sites[f"source_{SOURCE_SITES[recipe]}" if recipe in SOURCE_SITES else "source"]
+    overrides = ["+experiment=chest_xray", f"data.manifest={source}", f"seed={seed}", "data.check=false",
                  "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
                  "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
                  "evaluation.external_adabn=true", *(f"+evaluation.external.{site}={sites[site]}" for site in SITES),
@@ -306,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     out, runs_file, runs = open_results(args)
     if not args.report_only:
         sites = build_sites(Path(args.data), Path(args.work_dir).expanduser() / f"holdout{args.holdout_seed}",
-                            args.holdout_fraction, args.holdout_seed)
+                            args.holdout_fraction, args.holdout_seed,
+                            sorted({SOURCE_SITES[r] for r in args.recipes if r in SOURCE_SITES}))
         done = {(r["recipe"], r["seed"]) for r in runs if not (args.redo_adabn and r.get("adabn_rule") != ADABN_RULE)}
         for seed in args.seeds:
             for recipe in (r for r in args.recipes if (r, seed) not in done):

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pydicom
 import pytest
 
 from tests.benchmarks import load_benchmark
@@ -70,7 +71,7 @@ def test_every_recipe_composes_with_the_experiment(recipe: str, tmp_path: Path) 
     from medtl.config_schema import validate_config
 
     module = load_benchmark("generalisation")
-    sites = {site: tmp_path / f"{site}.csv" for site in ("source", *module.SITES)}
+    sites = {site: tmp_path / f"{site}.csv" for site in ("source", "source_strong", *module.SITES)}
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=module.run_overrides(recipe, 0, sites, "sqlite:///x.db", []))
     validate_config(cfg)
@@ -101,3 +102,23 @@ def test_results_list_each_recipe_key_once_with_the_command_lines_extras() -> No
     assert recipe.count("trainer.max_epochs=") == 1 and "trainer.max_epochs=14 " in recipe  # the recipe's last value
     assert command_line == "`trainer.max_epochs=25`)"
     assert "command line" not in module.recipe_line("lpft_frozen3", runs)
+
+
+def test_a_ceiling_recipe_trains_on_the_source_as_the_site_acquires_it(tmp_path: Path, demo_manifest: Path) -> None:
+    module = load_benchmark("generalisation")
+    sites = module.build_sites(demo_manifest.parent, tmp_path, 0.3, 0, source_sites=["strong"])
+    source, shifted = pd.read_csv(sites["source"]), pd.read_csv(sites["source_strong"])
+    assert sites["source_strong"] == tmp_path / "source_strong.csv"
+    assert list(shifted["label"]) == list(source["label"]) and list(shifted["patient_id"]) == list(source["patient_id"])
+    assert all(Path(p).parent == tmp_path / "source_strong" and Path(p).is_file() for p in shifted["path"])
+    held_out_site = pd.read_csv(sites["strong"])
+    assert not set(shifted["patient_id"]) & set(held_out_site["patient_id"])  # still held out by patient
+    stored, acquired = pydicom.dcmread(source["path"][0]), pydicom.dcmread(shifted["path"][0])
+    assert acquired.PhotometricInterpretation == "MONOCHROME1"  # the strong site's detector, not the source's
+    assert acquired.pixel_array.shape[0] < stored.pixel_array.shape[0]  # collimated, at half the resolution
+    overrides = module.run_overrides("lpft_frozen3_trained_at_strong", 0, sites, "sqlite:///x.db", [])
+    assert f"data.manifest={sites['source_strong']}" in overrides
+    assert f"data.manifest={sites['source']}" in module.run_overrides("lpft_frozen3", 0, sites, "sqlite:///x.db", [])
+    written = sites["source_strong"].stat().st_mtime_ns
+    module.build_sites(demo_manifest.parent, tmp_path, 0.3, 0, source_sites=["strong"])
+    assert sites["source_strong"].stat().st_mtime_ns == written  # written once
