@@ -107,11 +107,13 @@ def test_results_list_each_recipe_key_once_with_the_command_lines_extras() -> No
 def test_a_ceiling_recipe_trains_on_the_source_as_the_site_acquires_it(tmp_path: Path, demo_manifest: Path) -> None:
     module = load_benchmark("generalisation")
     sites = module.build_sites(demo_manifest.parent, tmp_path, 0.3, 0, source_sites=["strong"])
-    source, shifted = pd.read_csv(sites["source"]), pd.read_csv(sites["source_strong"])
+    from medtl.data.manifest import read_manifest
+
+    source, shifted = read_manifest(sites["source"]), read_manifest(sites["source_strong"])
     assert sites["source_strong"] == tmp_path / "source_strong.csv"
     assert list(shifted["label"]) == list(source["label"]) and list(shifted["patient_id"]) == list(source["patient_id"])
     assert all(Path(p).parent == tmp_path / "source_strong" and Path(p).is_file() for p in shifted["path"])
-    held_out_site = pd.read_csv(sites["strong"])
+    held_out_site = read_manifest(sites["strong"])
     assert not set(shifted["patient_id"]) & set(held_out_site["patient_id"])  # still held out by patient
     stored, acquired = pydicom.dcmread(source["path"][0]), pydicom.dcmread(shifted["path"][0])
     assert acquired.PhotometricInterpretation == "MONOCHROME1"  # the strong site's detector, not the source's
