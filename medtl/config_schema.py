@@ -180,6 +180,8 @@ class TrainerSchema:
     ema_decay: Optional[float] = None
     interpolate_probe: Optional[float] = None
     distributed: bool = False
+    mixing: Optional[str] = None
+    mixing_alpha: float = 0.4
 
 
 @dataclass

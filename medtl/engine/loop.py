@@ -19,6 +19,7 @@ from medtl.adaptation.registry import AdaptationMethod, DomainBatch
 from medtl.engine.distributed import Runtime, interleave
 from medtl.engine.runtime import (autocast, current_memory_format, in_memory_format, memory_format_for,
                                   native_bfloat16, resolve_device, to_memory_format)
+from medtl.engine.mixing import BatchMixing
 from medtl.engine.schedule import warmup_cosine_scheduler
 from medtl.engine.state import RunFolder, TrainingState, random_transforms
 from medtl.errors import MedtlError
@@ -200,6 +201,9 @@ class Trainer:
         interpolate_probe: with ``linear_probe_first``, the run keeps ``probe + a * (finetuned - probe)`` of every
             weight and BatchNorm statistic (WiSE-FT, Wortsman et al. 2022): 1 is the fine-tuned model, 0 the
             probe's; ``None``: off.
+        mixing: ``mixup`` or ``cutmix``: every step that trains on images mixes each image with another of its batch
+            and the targets alike (:mod:`medtl.engine.mixing`, MONAI's transforms); needs plain cross-entropy
+            (``objective=erm``, no adaptation loss). ``None``: off. ``mixing_alpha``: ``Beta(alpha, alpha)`` weights.
         checkpoint_dir: where each run gets its own folder (``<checkpoint_dir>/<run id>/``) with ``last.pt``
             (the whole :class:`TrainingState`, written after every epoch) and ``best.pt``.
         keep_checkpoints: folders of finished runs kept (the most recent); older ones are deleted.
@@ -215,7 +219,8 @@ class Trainer:
                  progress: bool = True, features: dict | None = None, checkpoint_dir: str = "outputs/checkpoints",
                  keep_checkpoints: int = 3, resume: str | None = None, memory_format: str = "auto",
                  linear_probe_first: bool = False, ema_decay: float | None = None,
-                 interpolate_probe: float | None = None, distributed: bool = False) -> None:
+                 interpolate_probe: float | None = None, distributed: bool = False, mixing: str | None = None,
+                 mixing_alpha: float = 0.4) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
         self.warmup_epochs, self.min_lr_factor = warmup_epochs, min_lr_factor
         self.patience, self.grad_clip_norm = early_stopping_patience, grad_clip_norm
@@ -234,6 +239,9 @@ class Trainer:
             raise MedtlError(f"trainer.interpolate_probe={interpolate_probe} needs trainer.linear_probe_first=true and a "
                              "value in [0, 1] (1: the fine-tuned weights, 0: the probe's), or null for none")
         self.interpolate_probe = interpolate_probe
+        self.mixing, self.mixing_alpha = mixing, mixing_alpha
+        if mixing is not None:
+            BatchMixing(mixing, mixing_alpha, seed=0)  # a wrong kind or alpha fails here, not after the probe
         self.run_folder: RunFolder | None = None
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -488,6 +496,7 @@ class Trainer:
         wrapped = self.runtime.wrap(model) if data_parallel else model
         wrapped.train()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        mixing = self._batch_mixing(target, objective)
         losses: list[float] = []
         adaptation_losses: list[float] = []
         steps, images, start = self._steps_per_epoch(loader), 0, time.perf_counter()
@@ -496,7 +505,7 @@ class Trainer:
             if self.max_steps_per_epoch and step >= self.max_steps_per_epoch:
                 break
             fraction = (epoch * steps + step) / (max_epochs * steps)
-            task_loss, adaptation_loss = self._loss(wrapped, batch, target, fraction, layout, objective)
+            task_loss, adaptation_loss = self._loss(wrapped, batch, target, fraction, layout, objective, mixing)
             loss = task_loss + adaptation_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -524,12 +533,25 @@ class Trainer:
         method = {f"train/{k}": v for k, v in target.method.epoch_metrics().items()}
         return {**metrics, "train/adaptation_loss": float(np.mean(adaptation_losses)), **method}
 
+    def _batch_mixing(self, target: TargetStream | None, objective: SourceObjective | None) -> BatchMixing | None:
+        """A :class:`BatchMixing` for one epoch (seeded from torch's generator), ``None`` without ``mixing``; one
+        line when the run's loss is not plain cross-entropy on the source batch, which mixed targets need."""
+        if self.mixing is None:
+            return None
+        if target is not None or (objective is not None and (objective.uses_collections or objective.needs_features)):
+            raise MedtlError(f"trainer.mixing={self.mixing} mixes the source batch's labels, which needs plain "
+                             "cross-entropy: use it with adaptation=none (or adabn) and objective=erm, or set "
+                             "trainer.mixing=null")
+        return BatchMixing(self.mixing, self.mixing_alpha, seed=int(torch.randint(2**31 - 1, ())))
+
     def _loss(self, model: nn.Module, batch: dict, target: TargetStream | None, progress: float,
               layout: torch.memory_format, objective: SourceObjective | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              mixing: BatchMixing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(the objective's loss on the source batch (cross-entropy by default), adaptation loss on source and
         target features)``; ``model`` may be wrapped (:meth:`Runtime.wrap`), so it is only called, never looked
-        into."""
+        into. With ``mixing``, cross-entropy against the mixed targets (mixed on the CPU, before the transfer)."""
+        if mixing is not None:
+            return self._mixed_loss(model, batch, layout, mixing), torch.zeros((), device=self.device)
         images = to_memory_format(batch["image"].to(self.device, non_blocking=True).float(), layout)  # (B, C, H, W)
         labels = torch.as_tensor(batch["label"], device=self.device)  # (B,)
         plain = objective is None or not (objective.uses_collections or objective.needs_features)
@@ -548,6 +570,16 @@ class Trainer:
                 return task, images.new_zeros(())
             domains = DomainBatch(features[:n], logits[:n], features[n:], logits[n:], progress)
             return task, target.method.loss(domains).float()
+
+    def _mixed_loss(self, model: nn.Module, batch: dict, layout: torch.memory_format,
+                    mixing: BatchMixing) -> torch.Tensor:
+        """Cross-entropy of the mixed images' logits ``(B, K)`` against the mixed targets ``(B, K)``."""
+        mixed = mixing.images(torch.as_tensor(batch["image"]).float())  # (B, C, H, W[, D]), on the CPU
+        images = to_memory_format(mixed.to(self.device, non_blocking=True), layout)
+        with autocast(self.device, self.amp):
+            logits = model(images).float()
+        targets = mixing.targets(torch.as_tensor(batch["label"]), logits.shape[-1]).to(self.device)
+        return nn.functional.cross_entropy(logits, targets)
 
     def _steps_per_epoch(self, loader: DataLoader) -> int:
         return min(len(loader), self.max_steps_per_epoch or len(loader))
