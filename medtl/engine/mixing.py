@@ -8,6 +8,8 @@ that trains on images; a head trained on cached features sees no mixing.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.transforms import CutMix, MixUp
@@ -42,7 +44,9 @@ class BatchMixing:
         """``(B, C, H, W[, D])`` images, each mixed with a partner of the same batch (same shape)."""
         self._mixer = MIXERS[self.kind](batch_size=len(images), alpha=self.alpha)
         self._mixer.set_random_state(state=self._random)
-        return self._mixer(images)
+        with warnings.catch_warnings():  # MONAI's CutMix indexes its box with a list of slices, which torch warns of
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+            return self._mixer(images)
 
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         """``(B,)`` class indices -> ``(B, K)`` targets mixed like the last :meth:`images` call's batch."""
