@@ -496,7 +496,7 @@ class Trainer:
         wrapped = self.runtime.wrap(model) if data_parallel else model
         wrapped.train()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        mixing = self._batch_mixing(target, objective)
+        mixing = None if isinstance(model, HeadOnly) else self._batch_mixing(target, objective)  # images only
         losses: list[float] = []
         adaptation_losses: list[float] = []
         steps, images, start = self._steps_per_epoch(loader), 0, time.perf_counter()
