@@ -99,13 +99,13 @@ RECIPES: dict[str, list[str]] = {
     # per-batch sites, the encoder fine-tuned at three times the default rate (fewer steps and a lower rate both
     # lost on every site)
     "lpft_frozen3_site_batches_highlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3"],
-    # per-batch sites, the encoder fine-tuned at the head's rate (the rate's trend: 0.03, 0.1, 0.3)
-    "lpft_frozen3_site_batches_lr1": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0"],
     # per-batch sites with MixUp in the fine-tuning (medtl/engine/mixing.py): images of a batch blended in pairs,
     # targets alike, weights from Beta(0.4, 0.4)
     "lpft_frozen3_site_batches_mixup": [*LP_FT, *SITE_BATCHES, "trainer.mixing=mixup", "trainer.mixing_alpha=0.4"],
     # label efficiency at the per-batch sites (FIVE_PERCENT above)
     "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
+    # label efficiency at the encoder rate of _highlr (run with trainer.max_epochs=25, as _5pct's 25-epoch rows)
+    "lpft_frozen3_site_batches_highlr_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3", *FIVE_PERCENT],
     # the same 5% at the recipe's own 3 epochs (about 16 fine-tuning steps after the probe)
     "lpft_frozen3_site_batches_5pct_3ep": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT, "trainer.max_epochs=3"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
