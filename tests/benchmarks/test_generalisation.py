@@ -89,6 +89,8 @@ def test_each_key_is_set_once_and_a_recipe_overrides_the_no_acquisition_start(tm
         return found
 
     assert "data.augment.acquisition_per_batch=false" in overrides("lpft_frozen3", [])
+    assert "model.encoder_lr_mult=0.1" in overrides("lpft_frozen3", [])  # the rate it was measured at, not today's
+    assert "model.encoder_lr_mult=0.3" in overrides("lpft_frozen3_site_batches_highlr", [])
     site_batches = overrides("lpft_frozen3_site_batches", ["data.augment.gamma=0.2"])
     assert "data.augment.acquisition_per_batch=true" in site_batches and "data.augment.gamma=0.2" in site_batches
 
