@@ -86,6 +86,9 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_detector": [*LP_FT, "data.augment.detector_resolution=0.6", "data.augment.detector_noise=0.08"],
     # per-batch sites (SITE_BATCHES above); the default of +experiment=chest_xray from d805056 until _highlr
     "lpft_frozen3_site_batches": [*LP_FT, *SITE_BATCHES],
+    # per-batch sites, the encoder fine-tuned at three times the model's default rate (fewer steps and a lower rate
+    # both lost on every site); the default of +experiment=chest_xray since it won over three seeds
+    "lpft_frozen3_site_batches_highlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
@@ -99,9 +102,6 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches_1ep": [*LP_FT, *SITE_BATCHES, "trainer.max_epochs=1", "trainer.warmup_epochs=0.2"],
     # per-batch sites, the encoder fine-tuned at a third of the default rate (less feature distortion)
     "lpft_frozen3_site_batches_lowlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.03"],
-    # per-batch sites, the encoder fine-tuned at three times the model's default rate (fewer steps and a lower rate
-    # both lost on every site); the default of +experiment=chest_xray since it won over three seeds
-    "lpft_frozen3_site_batches_highlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3"],
     # per-batch sites with MixUp in the fine-tuning (medtl/engine/mixing.py): images of a batch blended in pairs,
     # targets alike, weights from Beta(0.4, 0.4)
     "lpft_frozen3_site_batches_mixup": [*LP_FT, *SITE_BATCHES, "trainer.mixing=mixup", "trainer.mixing_alpha=0.4"],
