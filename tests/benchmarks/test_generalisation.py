@@ -107,10 +107,10 @@ def test_results_list_each_recipe_key_once_with_the_command_lines_extras() -> No
 
 
 def test_a_ceiling_recipe_trains_on_the_source_as_the_site_acquires_it(tmp_path: Path, demo_manifest: Path) -> None:
-    module = load_benchmark("generalisation")
-    sites = module.build_sites(demo_manifest.parent, tmp_path, 0.3, 0, source_sites=["strong"])
     from medtl.data.manifest import read_manifest
 
+    module = load_benchmark("generalisation")
+    sites = module.build_sites(demo_manifest.parent, tmp_path, 0.3, 0, source_sites=["strong"])
     source, shifted = read_manifest(sites["source"]), read_manifest(sites["source_strong"])
     assert sites["source_strong"] == tmp_path / "source_strong.csv"
     assert list(shifted["label"]) == list(source["label"]) and list(shifted["patient_id"]) == list(source["patient_id"])
