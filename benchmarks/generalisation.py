@@ -35,6 +35,7 @@ import pandas as pd  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from medtl import CONFIG_DIR  # noqa: E402
+from medtl.atomic import write_text_atomic  # noqa: E402
 from medtl.provenance import git_commit, machine_description, markdown_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -285,11 +286,11 @@ def write_results(runs: list[dict], args: argparse.Namespace, out: Path) -> None
     adabn = readable_adabn(table)
     adabn_text = ("\n\nWith each site's own BatchNorm statistics (`evaluation.external_adabn`, as "
                   f"`medtl.predict adaptation=adabn` at that site):\n\n{markdown_table(adabn)}") if len(adabn) else ""
-    (out / f"{args.out_name}.md").write_text(f"Machine: {machine}. {settings}.\n\n{markdown_table(readable(table))}"
-                                             f"{adabn_text}\n\nRecipes (on top of `+experiment=chest_xray`, 224 px "
-                                             f"unless set):\n{recipes}\n")
-    (out / f"{args.out_name}.json").write_text(json.dumps({"machine": machine, "settings": settings,
-                                                           "summary": table.to_dict("records")}, indent=2, default=float))
+    write_text_atomic(out / f"{args.out_name}.md", f"Machine: {machine}. {settings}.\n\n{markdown_table(readable(table))}"
+                      f"{adabn_text}\n\nRecipes (on top of `+experiment=chest_xray`, 224 px unless set):\n{recipes}\n")
+    write_text_atomic(out / f"{args.out_name}.json", json.dumps({"machine": machine, "settings": settings,
+                                                                "summary": table.to_dict("records")}, indent=2,
+                                                               default=float))
     plot(table, out / f"{args.out_name}.png")
 
 
@@ -302,8 +303,6 @@ def recipe_line(name: str, runs: list[dict]) -> str:
 
 def write_runs(runs: list[dict], path: Path) -> None:
     """The runs file, one JSON row per run, replaced atomically."""
-    from medtl.atomic import write_text_atomic
-
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in runs))
 
 
