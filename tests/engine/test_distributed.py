@@ -145,7 +145,9 @@ def _only_run(uri: str, experiment: str = "chest_xray") -> mlflow.entities.Run:
     return runs[0]
 
 
-EXACT = ["model.bn=freeze", "model.dropout=0", "data.augment.prob=0", "data.batch_size=48"]
+# the encoder at 0.1 x the head's rate: at the chest default's 0.3 x the per-rank drop-connect draws move the two
+# processes' models far enough apart to change the AUROC of the demo's few validation images (0.42 against 0.92)
+EXACT = ["model.bn=freeze", "model.dropout=0", "data.augment.prob=0", "data.batch_size=48", "model.encoder_lr_mult=0.1"]
 
 
 @pytest.mark.parametrize("strategy, settings, loss_tolerance",
