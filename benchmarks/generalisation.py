@@ -138,35 +138,32 @@ def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: i
                 source_sites: Iterable[str] = ()) -> dict[str, Path]:
     """``source.csv`` (80% of the patients) and one labelled manifest per site under ``work`` (written once); for
     each severity in ``source_sites`` also ``source_<severity>.csv``, the source through that shift."""
-    from medtl.data.manifest import read_manifest, scan_tree, write_manifest
-    from medtl.data.shift import shift_for, write_shifted_site
+    from medtl.data.manifest import scan_tree, write_manifest
     from medtl.data.split import stratified_group_holdout
 
     work.mkdir(parents=True, exist_ok=True)
-    paths = {"source": work / "source.csv", **{site: work / f"{site}.csv" for site in SITES}}
+    paths = {"source": work / "source.csv", "heldout": work / "heldout.csv"}
     if not paths["source"].is_file():
         frame, _ = scan_tree(data, PATTERNS)
         held_out = stratified_group_holdout(frame, holdout_fraction, holdout_seed, key="--holdout-fraction")
         write_manifest(frame.loc[held_out, ["path", "label", "patient_id"]], paths["heldout"])
         write_manifest(frame.drop(held_out)[["path", "label", "patient_id"]], paths["source"])
-    heldout = read_manifest(paths["heldout"])
     for severity in ("mild", "strong"):
-        if not paths[severity].is_file():
-            site = write_shifted_site(heldout, work / severity, shift_for(severity), seed=holdout_seed)
-            write_manifest(site[["path", "label", "patient_id"]], paths[severity])
+        paths[severity] = shifted_site(paths["heldout"], work / severity, severity, holdout_seed)
     for severity in source_sites:
-        paths[f"source_{severity}"] = shifted_source(paths["source"], work, severity, holdout_seed + 1)
+        paths[f"source_{severity}"] = shifted_site(paths["source"], work / f"source_{severity}", severity,
+                                                   holdout_seed + 1)
     return paths
 
 
-def shifted_source(source: Path, work: Path, severity: str, seed: int) -> Path:
-    """``work/source_<severity>.csv``: the images of ``source`` through the ``severity`` shift (written once)."""
+def shifted_site(manifest: Path, folder: Path, severity: str, seed: int) -> Path:
+    """``<folder>.csv``: the images of ``manifest`` through the ``severity`` shift, written under ``folder`` (once)."""
     from medtl.data.manifest import read_manifest, write_manifest
     from medtl.data.shift import shift_for, write_shifted_site
 
-    path = work / f"source_{severity}.csv"
+    path = folder.with_suffix(".csv")
     if not path.is_file():
-        site = write_shifted_site(read_manifest(source), work / f"source_{severity}", shift_for(severity), seed=seed)
+        site = write_shifted_site(read_manifest(manifest), folder, shift_for(severity), seed=seed)
         write_manifest(site[["path", "label", "patient_id"]], path)
     return path
 
