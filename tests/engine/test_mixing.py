@@ -79,7 +79,8 @@ def test_trainer_with_mixup_trains_on_mixed_batches_and_validates_on_plain_ones(
     assert torch.equal(seen[2], val[0]["image"])  # validation saw the images as they are
 
 
-def test_lp_ft_with_mixing_probes_on_plain_features_then_finetunes_on_mixed_images() -> None:
+def test_lp_ft_with_mixing_probes_on_plain_features_then_finetunes_on_mixed_images(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = build_classifier("efficientnet_lite0", "finetune", num_classes=2, image_size=32)
     logged: list[dict] = []
@@ -88,12 +89,10 @@ def test_lp_ft_with_mixing_probes_on_plain_features_then_finetunes_on_mixed_imag
                       mixing="mixup")
     mixed_batches: list[int] = []
     original = BatchMixing.images
-    BatchMixing.images = lambda self, images: (mixed_batches.append(images.ndim), original(self, images))[1]  # type: ignore[method-assign]
-    try:
-        trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5},
-                    on_epoch_end=lambda metrics, epoch: logged.append(metrics))
-    finally:
-        BatchMixing.images = original  # type: ignore[method-assign]
+    monkeypatch.setattr(BatchMixing, "images",
+                        lambda self, images: (mixed_batches.append(images.ndim), original(self, images))[1])
+    trainer.fit(model, fake_loader(2), fake_loader(1), score=lambda p: {"auroc": 0.5},
+                on_epoch_end=lambda metrics, epoch: logged.append(metrics))
     assert len([m for m in logged if "probe/val/auroc" in m]) == 2  # the probe's two epochs, on features (B, F)
     assert mixed_batches == [4, 4]  # only the fine-tune's two image batches (B, C, H, W) were mixed
 
