@@ -90,6 +90,9 @@ RECIPES: dict[str, list[str]] = {
     # per-batch sites, the encoder fine-tuned at three times the model's default rate (fewer steps and a lower rate
     # both lost on every site); the default of +experiment=chest_xray since it won over three seeds
     "lpft_frozen3_site_batches_highlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3"],
+    # per-batch sites, the encoder at half and at the full head's rate (the rate's trend: 0.03 < 0.1 < 0.3 x)
+    "lpft_frozen3_site_batches_lr05": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.5"],
+    "lpft_frozen3_site_batches_lr1": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
