@@ -88,9 +88,10 @@ RECIPES: dict[str, list[str]] = {
     # per-batch sites (SITE_BATCHES above); the default of +experiment=chest_xray from d805056 until _highlr
     "lpft_frozen3_site_batches": [*LP_FT, *SITE_BATCHES],
     # per-batch sites, the encoder fine-tuned at three times the model's default rate (fewer steps and a lower rate
-    # both lost on every site); the default of +experiment=chest_xray since it won over three seeds
+    # both lost on every site); the default of +experiment=chest_xray from c8bbd6c until _lr1
     "lpft_frozen3_site_batches_highlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3"],
-    # per-batch sites, the encoder at half and at the full head's rate (the rate's trend: 0.03 < 0.1 < 0.3 x)
+    # per-batch sites, the encoder at half and at the full head's rate (the rate's trend: 0.03 < 0.1 < 0.3 x); _lr1
+    # is the default of +experiment=chest_xray since it won over three seeds
     "lpft_frozen3_site_batches_lr05": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.5"],
     "lpft_frozen3_site_batches_lr1": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
@@ -113,6 +114,8 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
     # label efficiency at the encoder rate of _highlr (run with trainer.max_epochs=25, as _5pct's 25-epoch rows)
     "lpft_frozen3_site_batches_highlr_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3", *FIVE_PERCENT],
+    # label efficiency at the encoder rate of _lr1, the default (run with trainer.max_epochs=25, as above)
+    "lpft_frozen3_site_batches_lr1_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0", *FIVE_PERCENT],
     # the same 5% at the recipe's own 3 epochs (about 16 fine-tuning steps after the probe)
     "lpft_frozen3_site_batches_5pct_3ep": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT, "trainer.max_epochs=3"],
     # per-image histogram equalisation: no exposure, contrast-curve or window fingerprint of a site left
