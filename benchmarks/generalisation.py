@@ -94,6 +94,8 @@ RECIPES: dict[str, list[str]] = {
     # is the default of +experiment=chest_xray since it won over three seeds
     "lpft_frozen3_site_batches_lr05": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.5"],
     "lpft_frozen3_site_batches_lr1": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0"],
+    # per-batch sites, the encoder at twice the head's rate (does the trend go on past it?)
+    "lpft_frozen3_site_batches_lr2": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
