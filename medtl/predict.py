@@ -6,7 +6,8 @@ or a manifest CSV (``path`` required, ``label`` optional). ``output``: CSV with
 ``path,label,score,pred`` (binary; ``pred`` at the threshold the model was validated with) or
 ``path,label,pred,score_<class>`` (multi-class).
 ``adaptation=adabn``: first re-estimate the encoder's BatchNorm statistics on the input images (AdaBN):
-a model delivered from one site adapts to a folder of another site's images without training.
+a model delivered from one site adapts to a folder of another site's images without training. ``pred`` is then at
+the threshold validation chose under AdaBN (the card's ``adabn_threshold``, when it has one).
 """
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     preds = predict_loader(model, loader, device, progress=cfg.progress,
                            tta=card.pipeline().tta_views if cfg.tta else None)
     labels = list(frame["label"]) if "label" in frame.columns else None
-    out = predictions_frame(preds.paths, preds.probs, list(card.classes), labels, threshold=card.threshold)
+    out = predictions_frame(preds.paths, preds.probs, list(card.classes), labels,
+                            threshold=card.operating_threshold(adabn=adaptation == "adabn"))
     write_csv_atomic(out, Path(cfg.output))
     print(f"wrote {len(out)} predictions to {cfg.output}")
     return out

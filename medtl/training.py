@@ -25,7 +25,7 @@ from medtl.errors import MedtlError
 from medtl.models import TransferModel, list_encoders
 from medtl.models.card import Architecture, ModelCard, Preprocessing
 from medtl.objectives import SourceObjective, bind_objective, shortcut_plan
-from medtl.engine.loop import FitResult, Predictions
+from medtl.engine.loop import FitResult, Predictions, TTAViews
 from medtl.engine.metrics import bootstrap_ci
 from medtl.tracking import MlflowTracker
 from medtl.tracking.mlflow_tracker import check_server
@@ -36,6 +36,8 @@ from medtl.tracking.run_info import model_card as model_card_text, run_descripti
 __all__ = ["run_training", "resume_point", "final_validation", "model_card"]
 
 if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
     from medtl.data.check import CheckReport
 
 log = logging.getLogger("medtl.train")
@@ -88,18 +90,21 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         report = evaluator.report(final)
         metrics = _log_report(tracker, report, fit, data)
         metrics.update(_collection_probe(tracker, final, collection_of))
+        metrics.update(_adabn_validation(tracker, trainer, evaluator, model, loaders.source_val, tta))
+        adabn_threshold = metrics.get("val/adabn_threshold")  # AdaBN's scores are thresholded as AdaBN validated
         if loaders.source_test is not None:  # scored at the threshold validation chose
             test = trainer.predict(model, loaders.source_test, desc="test", tta=tta)
             metrics.update(_log_held_out(tracker, evaluator.report(test, report.threshold, "test"), data))
         for site in external:  # other sites' labelled sets, at the same threshold
-            metrics.update(_evaluate_external(tracker, trainer, evaluator, model, data, site, report.threshold))
+            metrics.update(_evaluate_external(tracker, trainer, evaluator, model, data, site,
+                                              report.threshold, adabn_threshold))
         if loaders.target_eval is not None:
             domain = evaluate_target(model, adaptation, loaders, data.classes, report.threshold, trainer.device,
-                                     trainer.progress, cfg.seed)
+                                     trainer.progress, cfg.seed, adapted_threshold=adabn_threshold)
             _log_domain_report(tracker, domain, data)
             metrics.update(domain.metrics)
         example = data.pipeline.input_example(model.encoder.weights_info.in_channels)
-        model_uri = tracker.log_model(model, example, model_card(cfg, model, data, report).to_dict())
+        model_uri = tracker.log_model(model, example, model_card(cfg, model, data, report, adabn_threshold).to_dict())
         registered = tracker.register(model_uri, _card(cfg, data, report, final, check))
         if trainer.run_folder is not None:
             trainer.run_folder.finish()
@@ -228,11 +233,12 @@ def _log_held_out(tracker: MlflowTracker, report: EvaluationReport, data: ImageC
 
 
 def _evaluate_external(tracker: MlflowTracker, trainer: Trainer, evaluator: Evaluator, model: TransferModel,
-                       data: ImageClassificationData, site: ExternalSet, threshold: float | None) -> dict[str, float]:
+                       data: ImageClassificationData, site: ExternalSet, threshold: float | None,
+                       adabn_threshold: float | None) -> dict[str, float]:
     """An external set scored at the validation ``threshold``: metrics ``external/<name>/*``, predictions, figures;
     with ``evaluation.external_adabn`` also ``external/<name>/adabn_*``, ``external_<name>_adabn_predictions.csv``
-    and its plots, the model with BatchNorm statistics of the set's own images (what ``medtl.predict ...
-    adaptation=adabn`` does at that site; labels unused)."""
+    and its plots, the model with BatchNorm statistics of the set's own images at ``adabn_threshold`` (what
+    ``medtl.predict ... adaptation=adabn`` does at that site; labels unused)."""
     loader = site.loader(data, model.encoder.weights_info)
     tta = data.pipeline.tta_views if evaluator.tta else None
     report = evaluator.report(trainer.predict(model, loader, desc=site.split, tta=tta), threshold, site.split)
@@ -247,10 +253,28 @@ def _evaluate_external(tracker: MlflowTracker, trainer: Trainer, evaluator: Eval
     if adaptable:
         adapted = recompute_batchnorm_statistics(model, loader, trainer.device, trainer.progress, adaptable)
         preds = trainer.predict(adapted, loader, desc=f"{site.split} (AdaBN)", tta=tta)
-        adabn = evaluator.report(preds, threshold, f"{site.split}_adabn")
+        adabn = evaluator.report(preds, threshold if adabn_threshold is None else adabn_threshold,
+                                 f"{site.split}_adabn")
         metrics.update({f"external/{site.name}/adabn_{k}": v for k, v in adabn.metrics.items()})
         tracker.log_frame(site.case_table(adabn.predictions), predictions_file(f"{site.split}_adabn"))
         tracker.log_figures(adabn.figures)  # plots/external_<name>_adabn_roc_curve.png, ..._confusion_matrix.png
+    tracker.log_metrics(metrics)
+    return metrics
+
+
+def _adabn_validation(tracker: MlflowTracker, trainer: Trainer, evaluator: Evaluator, model: TransferModel,
+                      loader: DataLoader, tta: TTAViews | None) -> dict[str, float]:
+    """``val/adabn_auroc``, ``val/adabn_accuracy`` and ``val/adabn_threshold``: validation scored as ``medtl.predict
+    adaptation=adabn`` scores a site, with the validation images' own BatchNorm statistics, and the threshold chosen
+    there as the validation threshold is. The statistics the model trained with come from augmented batches, so a
+    site's own statistics move the scores even at the training site; AdaBN's predictions anywhere are thresholded
+    where AdaBN was validated. Nothing for a multi-class task or without BatchNorm statistics from training."""
+    adaptable = source_statistics_batchnorms(model)
+    if not evaluator.binary or not adaptable:
+        return {}
+    adapted = recompute_batchnorm_statistics(model, loader, trainer.device, trainer.progress, adaptable)
+    scored = evaluator.metrics(trainer.predict(adapted, loader, desc="validation (AdaBN)", tta=tta))
+    metrics = {f"val/adabn_{name}": float(scored[name]) for name in ("auroc", "accuracy", "threshold")}
     tracker.log_metrics(metrics)
     return metrics
 
@@ -272,7 +296,7 @@ def _log_reviews(tracker: MlflowTracker, data: ImageClassificationData) -> None:
 
 
 def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationData,
-               report: EvaluationReport) -> ModelCard:
+               report: EvaluationReport, adabn_threshold: float | None = None) -> ModelCard:
     """The typed card the logged model carries: what ``medtl.predict`` needs to preprocess inputs and read outputs,
     what the review kit shows, and the architecture that rebuilds the eager model (AdaBN, Grad-CAM)."""
     weights = model.encoder.weights_info
@@ -288,7 +312,8 @@ def model_card(cfg: DictConfig, model: TransferModel, data: ImageClassificationD
     return ModelCard(classes=tuple(data.classes), threshold=report.threshold, preprocessing=preprocessing,
                      architecture=architecture, strategy=model.strategy.name, adaptation=str(cfg.adaptation.method),
                      encoder_weights=weights.source, data_root=data.source_root.name if data.source_root else "",
-                     medtl_release=medtl.__version__, source_batchnorms=tuple(source_statistics_batchnorms(model)))
+                     medtl_release=medtl.__version__, source_batchnorms=tuple(source_statistics_batchnorms(model)),
+                     adabn_threshold=adabn_threshold)
 
 
 def _print_summary(metrics: dict[str, float], run_id: str | None, model_uri: str | None) -> None:

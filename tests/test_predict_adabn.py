@@ -14,7 +14,7 @@ from medtl.data.domains import read_target_frame
 from medtl.data.pseudonym import CaseNames
 from medtl.data.shift import shift_for, write_shifted_site
 from medtl.errors import MedtlError
-from medtl.predict import predict
+from medtl.predict import load_model, predict
 from medtl.train import train
 from tests.conftest import compose_config, small_demo_overrides
 
@@ -63,6 +63,12 @@ def test_predict_adabn_matches_the_training_run_and_differs_from_plain(adabn_run
     assert len(merged) == 24
     assert (merged["score_train"] - merged["score_predict"]).abs().max() < 1e-4
     assert (adapted["score"] - plain["score"]).abs().max() > 1e-3  # BatchNorm statistics did change
+    card = load_model(adabn_run["run"].data.tags["medtl.model_uri"], adabn_run["cfg"].tracking.uri)[1]
+    assert card.adabn_threshold == pytest.approx(adabn_run["run"].data.metrics["val/adabn_threshold"])
+    assert card.adabn_threshold != card.threshold  # validation under AdaBN chose its own operating point
+    for frame, threshold in ((adapted, card.adabn_threshold), (plain, card.threshold)):
+        assert list(frame["pred"]) == [card.classes[int(s >= threshold)] for s in frame["score"]]
+    assert list(merged["pred_train"]) == list(merged["pred_predict"])  # the run's target table used it too
 
 
 def test_predict_refuses_training_methods_and_models_without_eager_weights(adabn_run: dict, site_folder: Path,

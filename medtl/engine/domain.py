@@ -71,16 +71,18 @@ def target_metrics(labels: np.ndarray, probs: np.ndarray, source_threshold: floa
 @torch.no_grad()
 def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loaders: RunLoaders,
                     classes: list[str], source_threshold: float | None, device: torch.device,
-                    progress: bool = True, seed: int = 0) -> DomainReport:
+                    progress: bool = True, seed: int = 0, adapted_threshold: float | None = None) -> DomainReport:
     """Adapt ``model`` to the target, predict the target (``target_test``, else the unlabelled ``target_eval``),
     and compare source-validation and target features. When ``adapt()`` hands over another model (AdaBN),
     the unadapted model's target metrics are reported too, as ``target/unadapted_*``, with ``target/adapt_seconds``.
-    Metrics are named ``target/<name>`` (``target/auroc``, ``target/proxy_a_distance``...)."""
+    Metrics are named ``target/<name>`` (``target/auroc``, ``target/proxy_a_distance``...). The adapted model is
+    scored at ``adapted_threshold`` (validation's under AdaBN) when given, else at ``source_threshold``."""
     start = time.perf_counter()
     target_model = adaptation.adapt(model, loaders.target_eval, device)
     adapt_seconds = time.perf_counter() - start
     source = encode_features(model, loaders.source_val, device, progress, "encoding source val")
-    target, probs, metrics = _target_side(target_model, loaders, source, source_threshold, device, progress, seed)
+    threshold = adapted_threshold if target_model is not model and adapted_threshold is not None else source_threshold
+    target, probs, metrics = _target_side(target_model, loaders, source, threshold, device, progress, seed)
     if target_model is not model:
         unadapted = _target_side(model, loaders, source, source_threshold, device, progress, seed)[2]
         metrics.update({f"unadapted_{k}": v for k, v in unadapted.items()})
@@ -88,10 +90,10 @@ def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loader
     metrics = {f"target/{k}": v for k, v in metrics.items()}
     figures = {"domain_features.png": _embedding(source, target, classes, seed)}
     if loaders.target_test is not None and len(classes) == 2:
-        figures["target_roc_curve.png"] = roc_figure(target.labels, probs[:, 1], classes[1], source_threshold,
+        figures["target_roc_curve.png"] = roc_figure(target.labels, probs[:, 1], classes[1], threshold,
                                                      title="Target ROC (source threshold)")
     names = [classes[i] if i >= 0 else "" for i in target.labels]
-    frame = predictions_frame(target.paths, probs, classes, names, source_threshold)
+    frame = predictions_frame(target.paths, probs, classes, names, threshold)
     return DomainReport(metrics, frame, figures)
 
 

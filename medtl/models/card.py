@@ -1,7 +1,7 @@
 """The model card: a typed, versioned record of what a logged model needs and is, written by ``medtl.train``
 into the MLflow model's metadata and read by ``medtl.predict`` and the review kit (:mod:`medtl.review`).
 
-It holds the classes, the operating threshold chosen on validation, the preprocessing (so a model predicts
+It holds the classes, the operating thresholds chosen on validation (as trained, and under AdaBN), the preprocessing (so a model predicts
 with exactly its training preprocessing) and the architecture (so the eager model can be rebuilt from the
 tensors-only state dict). ``version`` is checked on reading: a card from a newer medtl stops with one line.
 """
@@ -65,6 +65,11 @@ class ModelCard:
     Attributes:
         classes: class names in output order; for two classes the last is the positive one.
         threshold: the positive-class score threshold chosen on validation (binary tasks), else ``None``.
+        adabn_threshold: the threshold chosen on the same validation images scored with their own BatchNorm
+            statistics (AdaBN at the training site), the one ``medtl.predict adaptation=adabn`` applies: training
+            statistics come from augmented batches, so a site's own statistics move the scores even where nothing
+            shifted. ``None`` without one (multi-class, nothing to adapt, cards before medtl chose it): then
+            ``threshold``.
         strategy, adaptation: how the encoder was adapted (``finetune``, ``mmd``...).
         encoder_weights: where the pretrained weights came from (``imagenet:<file>``, ``random``).
         data_root: the name (last part) of the training data's folder, for the reviewer; never a full path.
@@ -84,6 +89,7 @@ class ModelCard:
     data_root: str = ""
     medtl_release: str = ""
     source_batchnorms: tuple[str, ...] | None = None
+    adabn_threshold: float | None = None
     version: int = field(default=CARD_VERSION)
 
     @property
@@ -93,6 +99,10 @@ class ModelCard:
     @property
     def positive_class(self) -> str | None:
         return self.classes[1] if self.binary else None
+
+    def operating_threshold(self, adabn: bool = False) -> float | None:
+        """The threshold for scores of the model as trained, or (``adabn``) with a site's own BatchNorm statistics."""
+        return self.adabn_threshold if adabn and self.adabn_threshold is not None else self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         """The card as MLflow model metadata (JSON types only); :meth:`from_dict` reads it back."""
@@ -116,7 +126,7 @@ class ModelCard:
         meta = _from_version_1(meta) if version == 1 else meta
         try:
             return cls(classes=tuple(str(c) for c in meta["classes"]),
-                       threshold=None if meta.get("threshold") is None else float(meta["threshold"]),
+                       threshold=_optional_float(meta.get("threshold")),
                        preprocessing=Preprocessing(**{**meta["preprocessing"],
                                                       "mean": tuple(meta["preprocessing"]["mean"]),
                                                       "std": tuple(meta["preprocessing"]["std"])}),
@@ -125,7 +135,8 @@ class ModelCard:
                        adaptation=str(meta.get("adaptation", "none")),
                        encoder_weights=str(meta.get("encoder_weights", "")), data_root=str(meta.get("data_root", "")),
                        medtl_release=str(meta.get("medtl_release", "")),
-                       source_batchnorms=_optional_names(meta.get("source_batchnorms")), version=CARD_VERSION)
+                       source_batchnorms=_optional_names(meta.get("source_batchnorms")),
+                       adabn_threshold=_optional_float(meta.get("adabn_threshold")), version=CARD_VERSION)
         except (KeyError, TypeError) as exc:
             raise MedtlError(f"model '{source}' has a damaged model card ({type(exc).__name__}: {exc}); "
                              "re-log the model with medtl.train") from exc
@@ -142,6 +153,10 @@ class ModelCard:
         if self.preprocessing.pipeline:
             return pipeline_from_card(dict(self.preprocessing.pipeline), "the model card")
         return RadiographPipeline.from_preprocessing(self.preprocessing)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _optional_names(value: Any) -> tuple[str, ...] | None:

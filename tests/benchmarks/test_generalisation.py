@@ -27,6 +27,13 @@ def test_summary_is_mean_and_sd_over_seeds_in_recipe_order() -> None:
     table = module.summarise(pd.DataFrame(rows), ["b", "a"])
     assert table.loc[0, "strong_adabn_auroc_mean"] == pytest.approx(0.5) and table.loc[0, "strong_auroc_mean"] > 0.9
     assert list(table["adabn_seeds"]) == [1, 0] and table.loc[0, "train_minutes"] == pytest.approx(0.5)
+    for row in rows[2:]:  # rule 2: the same layers, but accuracy at the plain validation threshold
+        row.update({f"{site}_adabn_{m}": 0.6 for site in module.SITES for m in ("auroc", "accuracy")}, adabn_rule=2)
+    table = module.summarise(pd.DataFrame(rows), ["b", "a"])
+    assert table.loc[1, "strong_adabn_auroc_mean"] == pytest.approx(0.6) and list(table["adabn_seeds"]) == [1, 2]
+    assert pd.isna(table.loc[1, "strong_adabn_accuracy_mean"])  # its threshold is not today's: left out
+    shown = module.readable_adabn(table)
+    assert list(shown["strong AdaBN AUROC"]) == ["0.500", "0.600 ± 0.000"] and shown.loc[1, "mild AdaBN acc."] == "—"
 
 
 def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_manifest: Path) -> None:

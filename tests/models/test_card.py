@@ -15,7 +15,8 @@ def example() -> ModelCard:
                      preprocessing=Preprocessing(224, 1, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0, 99.0, "window", "first"),
                      architecture=Architecture("efficientnet_lite0", 2, 1, "sum", 224), strategy="finetune",
                      adaptation="mmd", encoder_weights="imagenet:lite0.pth", data_root="chest_xray_kermany",
-                     medtl_release="0.1.0", source_batchnorms=("encoder.bn1", "encoder.blocks.0.0.bn1"))
+                     medtl_release="0.1.0", source_batchnorms=("encoder.bn1", "encoder.blocks.0.0.bn1"),
+                     adabn_threshold=0.61)
 
 
 def test_round_trip_through_json() -> None:
@@ -29,6 +30,16 @@ def test_round_trip_through_json() -> None:
     assert meta["medtl_version"] == CARD_VERSION
     assert ModelCard.from_dict(meta, "models:/m-1") == card
     assert card.binary and card.positive_class == "PNEUMONIA" and card.weights_info().in_channels == 1
+
+
+def test_adabn_predictions_use_their_own_threshold_and_older_cards_fall_back() -> None:
+    card = example()
+    assert card.operating_threshold() == 0.42 and card.operating_threshold(adabn=True) == 0.61
+    older = card.to_dict()
+    del older["adabn_threshold"]  # a card written before medtl chose one under AdaBN
+    assert ModelCard.from_dict(older, "m").operating_threshold(adabn=True) == 0.42
+    multiclass = dataclasses.replace(card, classes=("A", "B", "C"), threshold=None, adabn_threshold=None)
+    assert multiclass.operating_threshold(adabn=True) is None
 
 
 def test_version_1_metadata_is_read() -> None:
