@@ -95,10 +95,11 @@ RECIPES: dict[str, list[str]] = {
     # both lost on every site); the default of +experiment=chest_xray from c8bbd6c until _lr1
     "lpft_frozen3_site_batches_highlr": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3"],
     # per-batch sites, the encoder at half and at the full head's rate (the rate's trend: 0.03 < 0.1 < 0.3 x); _lr1
-    # is the default of +experiment=chest_xray since it won over three seeds
+    # was the default of +experiment=chest_xray from d918c62 until _lr2
     "lpft_frozen3_site_batches_lr05": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.5"],
     "lpft_frozen3_site_batches_lr1": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0"],
-    # per-batch sites, the encoder at twice the head's rate (does the trend go on past it?)
+    # per-batch sites, the encoder at twice the head's rate: the trend goes on past it, over three seeds; the default
+    # of +experiment=chest_xray since then
     "lpft_frozen3_site_batches_lr2": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
@@ -120,9 +121,9 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches_5pct": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT],
     # label efficiency at the encoder rate of _highlr (run with trainer.max_epochs=25, as _5pct's 25-epoch rows)
     "lpft_frozen3_site_batches_highlr_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=0.3", *FIVE_PERCENT],
-    # label efficiency at the encoder rate of _lr1, the default (run with trainer.max_epochs=25, as above)
+    # label efficiency at the encoder rate of _lr1, the default before _lr2 (run with trainer.max_epochs=25, as above)
     "lpft_frozen3_site_batches_lr1_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=1.0", *FIVE_PERCENT],
-    # label efficiency at the encoder rate of _lr2 (run with trainer.max_epochs=25, as above)
+    # label efficiency at the encoder rate of _lr2, the default (run with trainer.max_epochs=25, as above)
     "lpft_frozen3_site_batches_lr2_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", *FIVE_PERCENT],
     # the same 5% at the recipe's own 3 epochs (about 16 fine-tuning steps after the probe)
     "lpft_frozen3_site_batches_5pct_3ep": [*LP_FT, *SITE_BATCHES, *FIVE_PERCENT, "trainer.max_epochs=3"],

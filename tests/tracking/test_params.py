@@ -37,7 +37,7 @@ def test_a_linear_probe_logs_the_epochs_its_head_trained_for() -> None:
     assert not [k for k in probe if k.startswith("data.augment")]  # cached features are not augmented
     finetune = params_of(["+experiment=chest_xray", "model.strategy=finetune"])
     assert "trainer.max_epochs" in finetune and "trainer.features.epochs" not in finetune
-    assert finetune["model.encoder_lr_mult"] == 1.0 and "trainer.mixing" not in finetune  # off: nothing to compare
+    assert finetune["model.encoder_lr_mult"] == 2.0 and "trainer.mixing" not in finetune  # off: nothing to compare
     mixed = params_of(["+experiment=chest_xray", "trainer.mixing=mixup"])
     assert mixed["trainer.mixing"] == "mixup"
     scratch = params_of(["+experiment=chest_xray", "model.strategy=scratch"], extra=("model.layer_decay",))
