@@ -101,6 +101,8 @@ RECIPES: dict[str, list[str]] = {
     # per-batch sites, the encoder at twice the head's rate: the trend goes on past it, over three seeds; the default
     # of +experiment=chest_xray since then
     "lpft_frozen3_site_batches_lr2": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0"],
+    # per-batch sites, the encoder at four times the head's rate (where does the trend stop?)
+    "lpft_frozen3_site_batches_lr4": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=4.0"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
