@@ -23,15 +23,16 @@ FALSE_NEGATIVE, FALSE_POSITIVE = "false negative", "false positive"
 MISCLASSIFIED, LEAST_CONFIDENT = "misclassified", "least confident"
 
 
-def review_order(table: pd.DataFrame, card: ModelCard) -> pd.DataFrame:
+def review_order(table: pd.DataFrame, card: ModelCard, threshold: float | None = None) -> pd.DataFrame:
     """The prediction ``table`` (``case, label, score, pred`` or ``score_<class>``) with a ``group`` column, in the
     order a reviewer should see it: binary tasks false negatives (most confidently missed first), false positives
     (most confident first), then correct calls nearest the threshold; more classes: misclassified (most confident
-    first), then the least confident correct ones. Unlabelled rows go by confidence alone."""
+    first), then the least confident correct ones. Unlabelled rows go by confidence alone. ``threshold``: the one
+    the table's ``pred`` was cut at, when not the card's (a site scored under AdaBN: :meth:`ReviewRun.threshold`)."""
     rows = table.copy()
     labelled = rows["label"].astype(str) != ""
     if card.binary:
-        positive, threshold = card.classes[1], card.threshold if card.threshold is not None else 0.5
+        positive, threshold = card.classes[1], _binary_threshold(card, threshold)
         is_positive, called = rows["label"] == positive, rows["score"] >= threshold
         rows["group"] = LEAST_CONFIDENT
         rows.loc[labelled & is_positive & ~called, "group"] = FALSE_NEGATIVE
@@ -76,7 +77,7 @@ def load_case_images(cases: list[str], paths: dict[str, str], card: ModelCard) -
 
 
 def gallery_figure(rows: pd.DataFrame, images: CaseImages, maps: np.ndarray | None, card: ModelCard, title: str,
-                   columns: int = 3) -> Figure:
+                   columns: int = 3, threshold: float | None = None) -> Figure:
     """A grid of cases, each as two panels: the image as the model saw it, and the same with its Grad-CAM
     (``maps`` ``(N, S, S)``, drawn transparent where the evidence is weak); above them the case, truth,
     prediction, score and threshold."""
@@ -95,7 +96,7 @@ def gallery_figure(rows: pd.DataFrame, images: CaseImages, maps: np.ndarray | No
             overlay.imshow(_heat(maps[index]))
         explained = card.classes[1] if card.binary else str(row["pred"])
         none_found = maps is not None and images.available[index] and float(maps[index].max()) == 0.0
-        plain.set_title(_caption(row, card), fontsize=7.5, loc="left")
+        plain.set_title(_caption(row, card, threshold), fontsize=7.5, loc="left")
         overlay.set_title(f"Grad-CAM: {'no ' if none_found else ''}{explained} evidence" if maps is not None else "",
                           fontsize=7.5)
     fig.suptitle(title, fontsize=12, x=0.01, ha="left")
@@ -110,12 +111,19 @@ def _heat(saliency: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def _caption(row: dict, card: ModelCard) -> str:
+def _binary_threshold(card: ModelCard, threshold: float | None) -> float:
+    """``threshold`` when given, else the card's (0.5 for a card without one)."""
+    if threshold is not None:
+        return threshold
+    return card.threshold if card.threshold is not None else 0.5
+
+
+def _caption(row: dict, card: ModelCard, threshold: float | None = None) -> str:
     case = str(row["case"])
     case = case if len(case) <= 38 else "..." + case[-35:]
     truth = str(row["label"]) or "unlabelled"
     if card.binary:
-        threshold = card.threshold if card.threshold is not None else 0.5
+        threshold = _binary_threshold(card, threshold)
         score = f"{card.classes[1]} score {float(row['score']):.3f} (threshold {threshold:.3f})"
     else:
         score = f"confidence {max(float(row[f'score_{c}']) for c in card.classes):.3f}"
@@ -123,7 +131,7 @@ def _caption(row: dict, card: ModelCard) -> str:
 
 
 def case_gallery(rows: pd.DataFrame, paths: dict[str, str], model: torch.nn.Module | None, card: ModelCard,
-                 title: str) -> Figure:
+                 title: str, threshold: float | None = None) -> Figure:
     """:func:`gallery_figure` of ``rows`` with their images (``paths``: ``{case: file}``) and, given the eager
     ``model``, Grad-CAM maps: of the positive class for a binary task, else of the predicted class."""
     from medtl.review.saliency import gradcam_maps
@@ -135,7 +143,7 @@ def case_gallery(rows: pd.DataFrame, paths: dict[str, str], model: torch.nn.Modu
         maps = gradcam_maps(model, images.inputs, classes)
     if images.display.ndim == 4:  # volumes: each case as its most salient axial slice (2.5D and 3D models alike)
         images, maps = _salient_axial_slices(images, maps)
-    return gallery_figure(rows, images, maps, card, title)
+    return gallery_figure(rows, images, maps, card, title, threshold=threshold)
 
 
 def _salient_axial_slices(images: CaseImages, maps: np.ndarray | None) -> tuple[CaseImages, np.ndarray | None]:

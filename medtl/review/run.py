@@ -58,6 +58,11 @@ class ReviewRun:
     def classes(self) -> list[str]:
         return list(self.card.classes)
 
+    def threshold(self, split: str = "val") -> float | None:
+        """The threshold ``split``'s predictions were cut at: the target of a run adapted with AdaBN was scored with
+        its own BatchNorm statistics, at the threshold validation chose under AdaBN; every other split at the card's."""
+        return self.card.operating_threshold(adabn=split == "target" and self.card.adaptation == "adabn")
+
     def model(self) -> Any:
         """The eager :class:`~medtl.models.TransferModel` (every parameter trainable: Grad-CAM has gradients, for a
         linear probe too), rebuilt from the tensors-only state dict."""

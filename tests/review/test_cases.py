@@ -37,6 +37,23 @@ def test_unlabelled_cases_are_ordered_by_confidence_alone() -> None:
     assert list(ordered["case"]) == ["b", "c", "a"] and set(ordered["group"]) == {LEAST_CONFIDENT}
 
 
+def test_a_site_scored_under_adabn_is_ordered_at_the_threshold_its_predictions_were_cut_at() -> None:
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from medtl.review.run import ReviewRun
+
+    adapted = replace(card(("N", "P"), 0.4), adaptation="adabn", adabn_threshold=0.6)
+    run = ReviewRun("r", "run", "e", "sqlite://", OmegaConf.create(), {}, {}, {}, {}, adapted, "models:/m")
+    assert run.threshold("target") == 0.6 and run.threshold("val") == 0.4
+    assert replace(run, card=replace(adapted, adaptation="mmd")).threshold("target") == 0.4  # not scored under AdaBN
+    table = pd.DataFrame({"case": ["a", "b"], "label": ["N", "N"], "score": [0.5, 0.7], "pred": ["N", "P"]})
+    assert list(review_order(table, adapted)["group"]) == [FALSE_POSITIVE, FALSE_POSITIVE]  # at the card's 0.4
+    ordered = review_order(table, adapted, run.threshold("target"))
+    assert list(ordered["case"]) == ["b", "a"] and list(ordered["group"]) == [FALSE_POSITIVE, LEAST_CONFIDENT]
+
+
 def test_the_most_salient_slices_of_a_volume_are_shown_strongest_first() -> None:
     import numpy as np
 
