@@ -1,9 +1,10 @@
 """The model card: a typed, versioned record of what a logged model needs and is, written by ``medtl.train``
 into the MLflow model's metadata and read by ``medtl.predict`` and the review kit (:mod:`medtl.review`).
 
-It holds the classes, the operating thresholds chosen on validation (as trained, and under AdaBN), the preprocessing (so a model predicts
-with exactly its training preprocessing) and the architecture (so the eager model can be rebuilt from the
-tensors-only state dict). ``version`` is checked on reading: a card from a newer medtl stops with one line.
+It holds the classes, the operating thresholds chosen on validation (as trained, and under AdaBN), the
+preprocessing (so a model predicts with exactly its training preprocessing) and the architecture (so the eager
+model can be rebuilt from the tensors-only state dict). ``version`` is checked on reading: a card from a newer
+medtl stops with one line.
 """
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ class ModelCard:
                        medtl_release=str(meta.get("medtl_release", "")),
                        source_batchnorms=_optional_names(meta.get("source_batchnorms")),
                        adabn_threshold=_optional_float(meta.get("adabn_threshold")), version=CARD_VERSION)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise MedtlError(f"model '{source}' has a damaged model card ({type(exc).__name__}: {exc}); "
                              "re-log the model with medtl.train") from exc
 

@@ -58,6 +58,7 @@ def test_version_1_metadata_is_read() -> None:
     ({}, "no medtl model card"),
     ({"medtl_version": CARD_VERSION, "classes": ["a", "b"]}, "damaged model card"),
     ({**example().to_dict(), "source_batchnorms": "encoder.bn1"}, "damaged model card.*list of layer names"),
+    ({**example().to_dict(), "adabn_threshold": "high"}, "damaged model card.*ValueError"),
 ])
 def test_cards_it_cannot_read_are_refused_by_name(meta: dict, message: str) -> None:
     with pytest.raises(MedtlError, match=message) as error:
