@@ -111,6 +111,8 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches_lr3": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=3.0"],
     # per-batch sites at twice the head's rate, a fourth epoch (a longer fine-tune instead of a faster one)
     "lpft_frozen3_site_batches_lr2_4ep": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "trainer.max_epochs=4"],
+    # per-batch sites at twice the head's rate, the weights averaged over the last ~100 steps (EMA 0.99)
+    "lpft_frozen3_site_batches_lr2_ema": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "trainer.ema_decay=0.99"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
