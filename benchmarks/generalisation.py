@@ -113,6 +113,9 @@ RECIPES: dict[str, list[str]] = {
     "lpft_frozen3_site_batches_lr2_4ep": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "trainer.max_epochs=4"],
     # per-batch sites at twice the head's rate, the weights averaged over the last ~100 steps (EMA 0.99)
     "lpft_frozen3_site_batches_lr2_ema": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "trainer.ema_decay=0.99"],
+    # the default _lr2 with test-time augmentation at every evaluation: each score the mean over the image, its
+    # left-right flip and two small shifts (the same training as _lr2 at a seed; four times the prediction cost)
+    "lpft_frozen3_site_batches_lr2_tta": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "evaluation.tta=true"],
     # per-batch sites with wider processing (WIDE_SITE_BATCHES above)
     "lpft_frozen3_site_batches_wide": [*LP_FT, *WIDE_SITE_BATCHES],
     # per-batch sites with a wider zoom: fields from 0.7 to 1.3 times the source's (the strong site collimates to 0.8
