@@ -81,7 +81,8 @@ def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loader
     target_model = adaptation.adapt(model, loaders.target_eval, device)
     adapt_seconds = time.perf_counter() - start
     source = encode_features(model, loaders.source_val, device, progress, "encoding source val")
-    threshold = adapted_threshold if target_model is not model and adapted_threshold is not None else source_threshold
+    at_adapted = target_model is not model and adapted_threshold is not None
+    threshold = adapted_threshold if at_adapted else source_threshold
     target, probs, metrics = _target_side(target_model, loaders, source, threshold, device, progress, seed)
     if target_model is not model:
         unadapted = _target_side(model, loaders, source, source_threshold, device, progress, seed)[2]
@@ -90,8 +91,9 @@ def evaluate_target(model: torch.nn.Module, adaptation: AdaptationMethod, loader
     metrics = {f"target/{k}": v for k, v in metrics.items()}
     figures = {"domain_features.png": _embedding(source, target, classes, seed)}
     if loaders.target_test is not None and len(classes) == 2:
+        where = "validation threshold under AdaBN" if at_adapted else "source threshold"
         figures["target_roc_curve.png"] = roc_figure(target.labels, probs[:, 1], classes[1], threshold,
-                                                     title="Target ROC (source threshold)")
+                                                     title=f"Target ROC ({where})")
     names = [classes[i] if i >= 0 else "" for i in target.labels]
     frame = predictions_frame(target.paths, probs, classes, names, threshold)
     return DomainReport(metrics, frame, figures)
