@@ -406,8 +406,9 @@ def main(argv: list[str] | None = None) -> None:
         done = {(r["recipe"], r["seed"]) for r in runs if not (args.redo_adabn and r.get("adabn_rule") != ADABN_RULE)}
         for seed in args.seeds:
             for recipe in (r for r in args.recipes if (r, seed) not in done):
+                commit = git_commit(HERE)  # the code the run starts from (commits during a long run are not its)
                 row = {**isolated_run(recipe, seed, sites, args.tracking_uri, args.overrides),
-                       "commit": git_commit(HERE), "machine": machine_description(), "overrides": args.overrides}
+                       "commit": commit, "machine": machine_description(), "overrides": args.overrides}
                 runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, seed)] + [row]
                 write_runs(runs, runs_file)
                 write_results(runs, args, out)
