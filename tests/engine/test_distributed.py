@@ -145,9 +145,11 @@ def _only_run(uri: str, experiment: str = "chest_xray") -> mlflow.entities.Run:
     return runs[0]
 
 
-# the encoder at 0.1 x the head's rate: at the chest default's 0.3 x the per-rank drop-connect draws move the two
-# processes' models far enough apart to change the AUROC of the demo's few validation images (0.42 against 0.92)
-EXACT = ["model.bn=freeze", "model.dropout=0", "data.augment.prob=0", "data.batch_size=48", "model.encoder_lr_mult=0.1"]
+# the encoder at 0.1 x the head's rate and no weight average: at the chest default's rate the per-rank drop-connect
+# draws move the two processes' models far enough apart to change the AUROC of the demo's few validation images
+# (0.42 against 0.92 at 0.3 x), and so does scoring the average of two steps (0.97 against 0.94, losses within 0.04)
+EXACT = ["model.bn=freeze", "model.dropout=0", "data.augment.prob=0", "data.batch_size=48", "model.encoder_lr_mult=0.1",
+         "trainer.ema_decay=null"]
 
 
 @pytest.mark.parametrize("strategy, settings, loss_tolerance",
