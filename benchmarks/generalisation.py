@@ -61,6 +61,8 @@ NO_ACQUISITION = ["data.augment.gamma=0.0", "data.augment.blur=0.0", "data.augme
 # the encoder's rate every recipe starts from, whatever the experiment's default: the model's 0.1 x the head's, at
 # which every recipe before _highlr was measured (a recipe's own rate comes after it and wins)
 BASE_ENCODER_RATE = ["model.encoder_lr_mult=0.1"]
+# and without the experiment's weight average (its default since _lr2_ema): a recipe averages only where it says so
+NO_AVERAGE = ["trainer.ema_decay=null"]
 LP_FT = ["model.strategy=finetune", "model.frozen_stages=3", "trainer.linear_probe_first=true",
          "trainer.max_epochs=3"]
 ACQUISITION = ["data.augment.gamma=0.4", "data.augment.blur=1.5"]
@@ -210,7 +212,7 @@ def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: 
                  "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
                  "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
                  "evaluation.external_adabn=true", *(f"+evaluation.external.{site}={sites[site]}" for site in SITES),
-                 *NO_ACQUISITION, *BASE_ENCODER_RATE, *RECIPES[recipe], *extra]
+                 *NO_ACQUISITION, *BASE_ENCODER_RATE, *NO_AVERAGE, *RECIPES[recipe], *extra]
     return last_wins(overrides)
 
 

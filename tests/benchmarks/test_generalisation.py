@@ -98,6 +98,8 @@ def test_each_key_is_set_once_and_a_recipe_overrides_the_no_acquisition_start(tm
     assert "data.augment.acquisition_per_batch=false" in overrides("lpft_frozen3", [])
     assert "model.encoder_lr_mult=0.1" in overrides("lpft_frozen3", [])  # the rate it was measured at, not today's
     assert "model.encoder_lr_mult=0.3" in overrides("lpft_frozen3_site_batches_highlr", [])
+    assert "trainer.ema_decay=null" in overrides("lpft_frozen3_site_batches_lr2", [])  # measured without the average
+    assert "trainer.ema_decay=0.99" in overrides("lpft_frozen3_site_batches_lr2_ema", [])
     site_batches = overrides("lpft_frozen3_site_batches", ["data.augment.gamma=0.2"])
     assert "data.augment.acquisition_per_batch=true" in site_batches and "data.augment.gamma=0.2" in site_batches
 
