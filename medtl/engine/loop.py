@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medtl.adaptation.registry import AdaptationMethod, DomainBatch
+from medtl.engine.averaging import weight_average
 from medtl.engine.distributed import Runtime, interleave
 from medtl.engine.runtime import (autocast, current_memory_format, in_memory_format, memory_format_for,
                                   native_bfloat16, resolve_device, to_memory_format)
@@ -197,7 +198,8 @@ class Trainer:
         linear_probe_first: a trainable encoder: train the head on frozen features first (the ``features``
             settings), then fine-tune everything from that head (LP-FT, Kumar et al. 2022).
         ema_decay: keep an exponential moving average of the weights (BatchNorm statistics too), updated every
-            step; it is what validation scores and what the run keeps. ``None``: off.
+            step; it is what validation scores and what the run keeps. ``None``: off. ``ema_warmup``: normalise the
+            average so the first steps do not weigh ``decay ** n`` (:mod:`medtl.engine.averaging`; short runs).
         interpolate_probe: with ``linear_probe_first``, the run keeps ``probe + a * (finetuned - probe)`` of every
             weight and BatchNorm statistic (WiSE-FT, Wortsman et al. 2022): 1 is the fine-tuned model, 0 the
             probe's; ``None``: off.
@@ -218,7 +220,7 @@ class Trainer:
                  num_threads: int | None = None, max_steps_per_epoch: int | None = None,
                  progress: bool = True, features: dict | None = None, checkpoint_dir: str = "outputs/checkpoints",
                  keep_checkpoints: int = 3, resume: str | None = None, memory_format: str = "auto",
-                 linear_probe_first: bool = False, ema_decay: float | None = None,
+                 linear_probe_first: bool = False, ema_decay: float | None = None, ema_warmup: bool = False,
                  interpolate_probe: float | None = None, distributed: bool = False, mixing: str | None = None,
                  mixing_alpha: float = 0.4) -> None:
         self.optimizer_factory, self.lr, self.max_epochs = optimizer, lr, max_epochs
@@ -234,7 +236,10 @@ class Trainer:
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise MedtlError(f"trainer.ema_decay={ema_decay} must be in (0, 1) (0.99: about the last 100 steps), "
                              "or null for no weight averaging")
-        self.ema_decay = ema_decay
+        if ema_warmup and ema_decay is None:
+            raise MedtlError("trainer.ema_warmup=true needs trainer.ema_decay (e.g. 0.99): there is no average to "
+                             "warm up")
+        self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         if interpolate_probe is not None and not (linear_probe_first and 0.0 <= interpolate_probe <= 1.0):
             raise MedtlError(f"trainer.interpolate_probe={interpolate_probe} needs trainer.linear_probe_first=true and a "
                              "value in [0, 1] (1: the fine-tuned weights, 0: the probe's), or null for none")
@@ -432,9 +437,7 @@ class Trainer:
         """An exponential moving average of ``model``'s weights and buffers (``ema_decay``), or ``None``."""
         if self.ema_decay is None:
             return None
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+        return weight_average(model, self.ema_decay, self.ema_warmup)
 
     def _optimiser(self, model: nn.Module, train_loader: DataLoader, max_epochs: int,
                    target: TargetStream | None, objective: SourceObjective | None = None,

@@ -29,7 +29,7 @@ ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.earl
                     "data.augment.prob", "data.augment.rotate_deg", "data.augment.scale", "data.augment.translate",
                     "data.augment.noise_std", "data.augment.gamma", "data.augment.blur",
                     "data.augment.clip_highlights", "data.augment.counterfactual_histogram",
-                    "trainer.ema_decay", "trainer.mixing", "data.sampling")
+                    "trainer.ema_decay", "trainer.ema_warmup", "trainer.mixing", "data.sampling")
 FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every", "model.frozen_stages",
             "trainer.linear_probe_first", "trainer.interpolate_probe")  # pretrained encoder
 HEAD_ON_FEATURES = ("trainer.features.epochs", "trainer.features.patience", "trainer.features.batch_size")

@@ -100,6 +100,8 @@ def test_each_key_is_set_once_and_a_recipe_overrides_the_no_acquisition_start(tm
     assert "model.encoder_lr_mult=0.3" in overrides("lpft_frozen3_site_batches_highlr", [])
     assert "trainer.ema_decay=null" in overrides("lpft_frozen3_site_batches_lr2", [])  # measured without the average
     assert "trainer.ema_decay=0.99" in overrides("lpft_frozen3_site_batches_lr2_ema", [])
+    assert "trainer.ema_warmup=false" in overrides("lpft_frozen3_site_batches_lr2_ema", [])
+    assert "trainer.ema_warmup=true" in overrides("lpft_frozen3_site_batches_lr2_emawarm_5pct", [])
     site_batches = overrides("lpft_frozen3_site_batches", ["data.augment.gamma=0.2"])
     assert "data.augment.acquisition_per_batch=true" in site_batches and "data.augment.gamma=0.2" in site_batches
 
