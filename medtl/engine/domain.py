@@ -22,7 +22,7 @@ from medtl.adaptation.registry import AdaptationMethod
 from medtl.data.domains import RunLoaders
 from medtl.engine.evaluation import predictions_frame
 from medtl.engine.loop import FeatureSet, encode_features
-from medtl.engine.metrics import binary_metrics, multiclass_metrics, oracle_accuracy
+from medtl.engine.metrics import binary_metrics, multiclass_metrics, oracle_accuracy, threshold_or_default
 from medtl.tracking.plots import domain_embedding_figure, roc_figure
 
 __all__ = ["DomainReport", "evaluate_target", "proxy_a_distance", "target_metrics"]
@@ -61,7 +61,7 @@ def target_metrics(labels: np.ndarray, probs: np.ndarray, source_threshold: floa
     ``oracle_accuracy``, the best any threshold does on the target's own labels (a bound, not an operating point)."""
     if probs.shape[1] != 2:
         return multiclass_metrics(labels, probs)
-    at_source = binary_metrics(labels, probs[:, 1], source_threshold if source_threshold is not None else 0.5)
+    at_source = binary_metrics(labels, probs[:, 1], threshold_or_default(source_threshold))
     return {"auroc": at_source.auroc, "accuracy_at_source_threshold": at_source.accuracy,
             "sensitivity_at_source_threshold": at_source.sensitivity,
             "specificity_at_source_threshold": at_source.specificity,

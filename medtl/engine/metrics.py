@@ -9,7 +9,15 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from medtl.errors import MedtlError
 
 __all__ = ["BinaryMetrics", "choose_threshold", "binary_metrics", "multiclass_metrics", "auroc", "bootstrap_ci",
-           "Calibration", "calibration", "threshold_for_specificity", "oracle_accuracy"]
+           "Calibration", "calibration", "threshold_for_specificity", "oracle_accuracy", "DEFAULT_THRESHOLD",
+           "threshold_or_default"]
+
+DEFAULT_THRESHOLD = 0.5  # the operating point of a binary model that has no chosen threshold (no validation set)
+
+
+def threshold_or_default(threshold: float | None) -> float:
+    """``threshold``, or :data:`DEFAULT_THRESHOLD` where none was chosen."""
+    return DEFAULT_THRESHOLD if threshold is None else threshold
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from medtl.engine.metrics import threshold_or_default
 from medtl.models.card import ModelCard
 
 __all__ = ["FALSE_NEGATIVE", "FALSE_POSITIVE", "MISCLASSIFIED", "LEAST_CONFIDENT", "review_order", "CaseImages",
@@ -112,10 +113,9 @@ def _heat(saliency: np.ndarray) -> np.ndarray:
 
 
 def _binary_threshold(card: ModelCard, threshold: float | None) -> float:
-    """``threshold`` when given, else the card's (0.5 for a card without one)."""
-    if threshold is not None:
-        return threshold
-    return card.threshold if card.threshold is not None else 0.5
+    """``threshold`` when given, else the card's (:data:`~medtl.engine.metrics.DEFAULT_THRESHOLD` for a card without
+    one)."""
+    return threshold if threshold is not None else threshold_or_default(card.threshold)
 
 
 def _caption(row: dict, card: ModelCard, threshold: float | None = None) -> str:

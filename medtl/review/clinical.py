@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from medtl.engine.metrics import (Calibration, auroc, binary_metrics, bootstrap_ci, calibration, choose_threshold,
-                                  multiclass_metrics, threshold_for_specificity)
+                                  multiclass_metrics, threshold_for_specificity, threshold_or_default)
 from medtl.models.card import ModelCard
 
 __all__ = ["SPECIFICITIES", "ClinicalNumbers", "held_out_split", "clinical_numbers", "clinical_figures", "operating_points", "roc_figure_with_ci",
@@ -142,7 +142,7 @@ def subgroup_metrics(table: pd.DataFrame, card: ModelCard, threshold: float | No
         labels = label_indices(part, classes)
         if card.binary:
             scores = part["score"].to_numpy(float)
-            at = binary_metrics(labels, scores, threshold if threshold is not None else 0.5)
+            at = binary_metrics(labels, scores, threshold_or_default(threshold))
             rows.append({column: group, "images": len(part), "prevalence": float(labels.mean()), "AUROC": at.auroc,
                          "sensitivity": at.sensitivity, "specificity": at.specificity})
         else:

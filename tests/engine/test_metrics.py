@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtl.engine.metrics import auroc, binary_metrics, choose_threshold, multiclass_metrics, oracle_accuracy
+from medtl.engine.domain import target_metrics
+from medtl.engine.metrics import (auroc, binary_metrics, choose_threshold, multiclass_metrics, oracle_accuracy,
+                                  threshold_or_default)
 from medtl.engine.schedule import warmup_cosine_factor
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -39,6 +41,14 @@ def test_oracle_accuracy_is_the_best_any_threshold_reaches() -> None:
     accuracy, threshold = oracle_accuracy(labels, inverted)
     assert accuracy == 0.75 and binary_metrics(labels, inverted, threshold).sensitivity == 0.0  # all negative
     assert np.isnan(oracle_accuracy(np.zeros(3, dtype=int), np.array([0.1, 0.5, 0.9]))[0])
+
+
+def test_a_model_without_a_threshold_is_scored_at_one_half() -> None:
+    labels, scores = np.array([0, 0, 1, 1]), np.array([0.2, 0.55, 0.45, 0.9])
+    assert threshold_or_default(None) == 0.5 and threshold_or_default(0.3) == 0.3
+    probs = np.stack([1 - scores, scores], axis=1)  # (N, 2)
+    assert target_metrics(labels, probs, None)["accuracy_at_source_threshold"] == 0.5  # 0.55 and 0.45 wrong
+    assert target_metrics(labels, probs, 0.4)["accuracy_at_source_threshold"] == 0.75
 
 
 def test_multiclass_metrics() -> None:
