@@ -220,8 +220,14 @@ def run_overrides(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: 
                  "data.cache=disk", "trainer.progress=false", f"tracking.uri={tracking_uri}",
                  "tracking.experiment=generalisation", f"tracking.run_name={recipe}", "tracking.log_model=false",
                  "evaluation.external_adabn=true", *(f"+evaluation.external.{site}={sites[site]}" for site in SITES),
-                 *NO_ACQUISITION, *BASE_ENCODER_RATE, *NO_AVERAGE, *RECIPES[recipe], *extra]
+                 *recipe_overrides(recipe), *extra]
     return last_wins(overrides)
+
+
+def recipe_overrides(recipe: str) -> list[str]:
+    """The overrides of ``recipe`` on ``+experiment=chest_xray``: the baseline every recipe starts from
+    (:data:`NO_ACQUISITION`, :data:`BASE_ENCODER_RATE`, :data:`NO_AVERAGE`), then the recipe's own, each key once."""
+    return last_wins([*NO_ACQUISITION, *BASE_ENCODER_RATE, *NO_AVERAGE, *RECIPES[recipe]])
 
 
 def last_wins(overrides: list[str]) -> list[str]:

@@ -82,8 +82,7 @@ def test_chest_xray_default_is_the_generalisation_benchmarks_recipe() -> None:
     assert cfg.data.augment.acquisition_per_batch and cfg.data.augment.detector_noise > 0
     assert model.encoder_lr_mult == 2.0 and trainer.ema_decay == 0.99
     benchmark = load_benchmark("generalisation")
-    recipe = benchmark.last_wins([*benchmark.BASE_ENCODER_RATE, *benchmark.NO_AVERAGE,
-                                  *benchmark.RECIPES["lpft_frozen3_site_batches_lr2_ema"]])
+    recipe = benchmark.recipe_overrides("lpft_frozen3_site_batches_lr2_ema")
     assert compose_config(["+experiment=chest_xray", *recipe]) == cfg  # the measured recipe is the default
 
 
