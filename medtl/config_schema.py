@@ -178,6 +178,7 @@ class TrainerSchema:
     memory_format: str = choices("auto", "channels_last", "contiguous", default="auto")
     linear_probe_first: bool = False
     ema_decay: Optional[float] = None
+    ema_warmup: bool = False
     interpolate_probe: Optional[float] = None
     distributed: bool = False
     mixing: Optional[str] = None
