@@ -121,6 +121,12 @@ RECIPES: dict[str, list[str]] = {
     # weighs 0.99 ** n, which matters on short runs (the 5% recipe's ~140 steps keep a quarter of their first)
     "lpft_frozen3_site_batches_lr2_emawarm": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                               "trainer.ema_decay=0.99", "trainer.ema_warmup=true"],
+    # _lr2_emawarm with longer averages: over about the last 200 steps (0.995) and about all ~390 of the fine-tune
+    # (0.998, near a uniform average of the cosine schedule's steps: SWA-like)
+    "lpft_frozen3_site_batches_lr2_emawarm995": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
+                                                 "trainer.ema_decay=0.995", "trainer.ema_warmup=true"],
+    "lpft_frozen3_site_batches_lr2_emawarm998": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
+                                                 "trainer.ema_decay=0.998", "trainer.ema_warmup=true"],
     # the default _lr2 with test-time augmentation at every evaluation: each score the mean over the image, its
     # left-right flip and two small shifts (the same training as _lr2 at a seed; four times the prediction cost)
     "lpft_frozen3_site_batches_lr2_tta": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "evaluation.tta=true"],
