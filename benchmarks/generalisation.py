@@ -118,7 +118,7 @@ RECIPES: dict[str, list[str]] = {
     # the strong site than _lr2 on each of three seeds; the default of +experiment=chest_xray since then
     "lpft_frozen3_site_batches_lr2_ema": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "trainer.ema_decay=0.99"],
     # _lr2_ema with the average normalised (trainer.ema_warmup, medtl/engine/averaging.py): the first step no longer
-    # weighs 0.99 ** n, which matters on short runs (the 5% recipe's ~140 steps keep a quarter of their first)
+    # weighs 0.99 ** n, which matters on short runs (the 5% recipe's ~150 steps keep a fifth of their first)
     "lpft_frozen3_site_batches_lr2_emawarm": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                               "trainer.ema_decay=0.99", "trainer.ema_warmup=true"],
     # _lr2_emawarm with longer averages: over about the last 200 steps (0.995) and about all ~390 of the fine-tune
