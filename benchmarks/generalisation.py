@@ -117,11 +117,8 @@ RECIPES: dict[str, list[str]] = {
     # per-batch sites at twice the head's rate, the weights averaged over the last ~100 steps (EMA 0.99): better on
     # the strong site than _lr2 on each of three seeds; the default of +experiment=chest_xray since then
     "lpft_frozen3_site_batches_lr2_ema": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0", "trainer.ema_decay=0.99"],
-    # _lr2_ema with the average normalised (trainer.ema_warmup, medtl/engine/averaging.py): the first step no longer
-    # weighs 0.99 ** n, which matters on short runs (the 5% recipe's ~150 steps keep a fifth of their first)
-    "lpft_frozen3_site_batches_lr2_emawarm": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
-                                              "trainer.ema_decay=0.99", "trainer.ema_warmup=true"],
-    # _lr2_emawarm with longer averages: over about the last 200 steps (0.995) and about all ~390 of the fine-tune
+    # _lr2_ema with the average normalised (trainer.ema_warmup, medtl/engine/averaging.py) and longer: over about
+    # the last 200 steps (0.995) and about all ~390 of the fine-tune
     # (0.998, near a uniform average of the cosine schedule's steps: SWA-like)
     "lpft_frozen3_site_batches_lr2_emawarm995": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                                  "trainer.ema_decay=0.995", "trainer.ema_warmup=true"],
@@ -157,7 +154,8 @@ RECIPES: dict[str, list[str]] = {
     # label efficiency at the default, _lr2_ema (run with trainer.max_epochs=25, as above)
     "lpft_frozen3_site_batches_lr2_ema_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                                "trainer.ema_decay=0.99", *FIVE_PERCENT],
-    # label efficiency at _lr2_emawarm (run with trainer.max_epochs=25, as above)
+    # label efficiency at _lr2_ema with the average normalised: the first step no longer weighs 0.99 ** n, which
+    # matters on short runs (the 5% recipe's ~150 steps keep a fifth of their first); run with max_epochs=25
     "lpft_frozen3_site_batches_lr2_emawarm_5pct": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                                    "trainer.ema_decay=0.99", "trainer.ema_warmup=true", *FIVE_PERCENT],
     # the same 5% at the recipe's own 3 epochs (about 16 fine-tuning steps after the probe)
