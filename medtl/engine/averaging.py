@@ -2,8 +2,8 @@
 
 ``ema_decay`` alone is torch's EMA: the first step's weights are copied and then kept with weight ``decay ** n``
 after ``n`` more steps, so a short run still holds much of its first step (the 5% recipe's ~150 steps at 0.99:
-0.99 ** 149 = 0.22). ``warmup=True`` normalises the average instead, as Adam corrects its moment estimates (Kingma & Ba 2015):
-after ``N`` steps the average is ``sum_k decay ** (N - k) * w_k / sum_k decay ** (N - k)``, a plain mean over the
+0.99 ** 149 = 0.22). ``warmup=True`` normalises the average instead, as Adam corrects its moment estimates
+(Kingma & Ba 2015): after ``N`` steps the average is ``sum_k decay ** (N - k) * w_k / sum_k decay ** (N - k)``, a plain mean over the
 first few steps that becomes the EMA once ``N`` is well past ``1 / (1 - decay)``.
 """
 from __future__ import annotations
