@@ -241,13 +241,17 @@ def last_wins(overrides: list[str]) -> list[str]:
 
 
 def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, extra: list[str]) -> dict:
+    import mlflow
+
     from medtl.train import train
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=run_overrides(recipe, seed, sites, tracking_uri, extra))
     start = time.perf_counter()
     metrics = train(cfg)
-    row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start,
+    run = mlflow.last_active_run()  # its model, where the run logged one: a soup's ingredient (--soup)
+    row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start, "run_id": run.info.run_id,
+           "model_uri": run.data.tags.get("medtl.model_uri"),
            "train_seconds": metrics["train/seconds"], "val_auroc": metrics["val/final_auroc"],
            "val_accuracy": metrics["val/final_accuracy"]}
     for site in SITES:
