@@ -174,12 +174,18 @@ RECIPES: dict[str, list[str]] = {
     # WiSE-FT: halfway between the probe's weights and the fine-tuned ones
     "lpft_frozen3_ema_acq_128_wise": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128",
                                       "trainer.interpolate_probe=0.5"],
+    # a model soup (trainer=soup, medtl/engine/soup.py): the mean of the weights of _lr2_ema's runs in the same
+    # results file (SOUPS), one run; train them with tracking.log_model=true and one data.split_seed
+    "lpft_frozen3_site_batches_lr2_ema_soup": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
+                                               "trainer.ema_decay=0.99", "trainer=soup"],
     # a ceiling, not a candidate: trained on the source's patients as the strong site acquires them (SOURCE_SITES)
     "lpft_frozen3_trained_at_strong": LP_FT,
 }
 # recipes trained on the source through a site's shift instead of as stored: what a model that saw that site's
 # acquisition (and its labels) reaches there; the draws differ from the held-out site's (seed holdout_seed + 1)
 SOURCE_SITES = {"lpft_frozen3_trained_at_strong": "strong"}
+# soups and the recipe whose logged models (the runs file's model_uri, one per seed) they average
+SOUPS = {"lpft_frozen3_site_batches_lr2_ema_soup": "lpft_frozen3_site_batches_lr2_ema"}
 
 
 def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: int,
@@ -413,6 +419,35 @@ def open_results(args: argparse.Namespace) -> tuple[Path, Path, list[dict]]:
     return out, runs_file, read_runs(runs_file)
 
 
+def run_and_record(recipe: str, seed: int, sites: dict[str, Path], args: argparse.Namespace, runs: list[dict],
+                   runs_file: Path, out: Path, ingredients: list[str] | None = None) -> list[dict]:
+    """One isolated run of ``recipe`` (a soup of ``ingredients``), its row replacing any earlier one of the same
+    recipe and seed in the runs file; the results rewritten. Returns the runs."""
+    commit = git_commit(HERE)  # the code the run starts from (commits during a long run are not its)
+    listed = ",".join(f"'{uri}'" for uri in ingredients or [])
+    extra = [*args.overrides, *([f"trainer.ingredients=[{listed}]"] if ingredients else [])]
+    row = {**isolated_run(recipe, seed, sites, args.tracking_uri, extra), "commit": commit,
+           "machine": machine_description(), "overrides": args.overrides, **({"ingredients": ingredients}
+                                                                            if ingredients else {})}
+    runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, seed)] + [row]
+    write_runs(runs, runs_file)
+    write_results(runs, args, out)
+    print(json.dumps(row), flush=True)
+    return runs
+
+
+def soup_ingredients(soup: str, runs: list[dict]) -> list[str]:
+    """The logged models of ``SOUPS[soup]``'s runs in this results file, by seed; one line when fewer than two."""
+    recipe = SOUPS[soup]
+    models = [r["model_uri"] for r in sorted(runs, key=lambda r: r["seed"])
+              if r["recipe"] == recipe and r.get("model_uri")]
+    if len(models) < 2:
+        raise SystemExit(f"{soup} averages the logged models of {recipe}'s runs in this results file, which has "
+                         f"{len(models)}; run --recipes {recipe} --seeds 0 1 2 with the same --out-name and "
+                         "tracking.log_model=true data.split_seed=0 first")
+    return models
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_site_arguments(parser, "generalisation")
@@ -433,14 +468,11 @@ def main(argv: list[str] | None = None) -> None:
                             sorted({SOURCE_SITES[r] for r in args.recipes if r in SOURCE_SITES}))
         done = {(r["recipe"], r["seed"]) for r in runs if not (args.redo_adabn and r.get("adabn_rule") != ADABN_RULE)}
         for seed in args.seeds:
-            for recipe in (r for r in args.recipes if (r, seed) not in done):
-                commit = git_commit(HERE)  # the code the run starts from (commits during a long run are not its)
-                row = {**isolated_run(recipe, seed, sites, args.tracking_uri, args.overrides),
-                       "commit": commit, "machine": machine_description(), "overrides": args.overrides}
-                runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, seed)] + [row]
-                write_runs(runs, runs_file)
-                write_results(runs, args, out)
-                print(json.dumps(row), flush=True)
+            for recipe in (r for r in args.recipes if r not in SOUPS and (r, seed) not in done):
+                runs = run_and_record(recipe, seed, sites, args, runs, runs_file, out)
+        for recipe in (r for r in args.recipes if r in SOUPS and (r, args.seeds[0]) not in done):
+            ingredients = soup_ingredients(recipe, runs)
+            runs = run_and_record(recipe, args.seeds[0], sites, args, runs, runs_file, out, ingredients)
     if runs:
         write_results(runs, args, out)
         print(readable(summarise(pd.DataFrame(runs), args.recipes)).to_string(index=False))

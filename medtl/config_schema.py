@@ -186,6 +186,14 @@ class TrainerSchema:
 
 
 @dataclass
+class SoupTrainerSchema(TrainerSchema):
+    """``medtl.engine.soup.SoupTrainer`` (``trainer=soup``)."""
+
+    ingredients: List[str] = field(default_factory=list)
+    tracking_uri: str = ""
+
+
+@dataclass
 class TrackingSchema:
     """``medtl.tracking.MlflowTracker``."""
 
@@ -296,6 +304,7 @@ SCHEMAS: dict[str, type] = {
     "medtl.data.DomainAdaptationData": DomainDataSchema,
     "medtl.models.build_classifier": ModelSchema,
     "medtl.engine.Trainer": TrainerSchema,
+    "medtl.engine.soup.SoupTrainer": SoupTrainerSchema,
     "medtl.tracking.MlflowTracker": TrackingSchema,
     "medtl.adaptation.build_adaptation": AdaptationSchema,
     "medtl.objectives.build_objective": ObjectiveSchema,

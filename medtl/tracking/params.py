@@ -18,7 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["compared_params", "override_keys", "path_name", "ALWAYS", "ENCODER_TRAINING", "HEAD_ON_FEATURES", "FINETUNE", "ADAPTATION"]
+__all__ = ["compared_params", "override_keys", "path_name", "ALWAYS", "ENCODER_TRAINING", "HEAD_ON_FEATURES",
+           "FINETUNE", "ADAPTATION", "SOUP"]
 
 ALWAYS = ("experiment_name", "seed", "model.encoder", "model.strategy", "model.weights", "model.in_channels",
           "model.dropout", "data.image_size", "data.batch_size", "data.positive_class", "data.classes",
@@ -33,6 +34,7 @@ ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.earl
 FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every", "model.frozen_stages",
             "trainer.linear_probe_first", "trainer.interpolate_probe")  # pretrained encoder
 HEAD_ON_FEATURES = ("trainer.features.epochs", "trainer.features.patience", "trainer.features.batch_size")
+SOUP = ("trainer.ingredients",)  # trainer=soup: the models it averages (their runs hold how they trained)
 ADAPTATION = ("adaptation.weight", "adaptation.entropy_weight", "data.target_eval_fraction")
 DEMO = ("data.demo.n_patients", "data.demo.image_size", "data.demo.seed")
 
@@ -76,6 +78,8 @@ def _keys_that_shaped(cfg: DictConfig, trains_on_features: bool, demo: bool,
                       method: str) -> tuple[list[str], tuple[str, ...]]:
     """The keys that shaped this run, and those that exist in its config but did not."""
     used, unused = (HEAD_ON_FEATURES, ENCODER_TRAINING) if trains_on_features else (ENCODER_TRAINING, HEAD_ON_FEATURES)
+    if OmegaConf.select(cfg, "trainer.ingredients", default=None):  # trainer=soup: averaged, not trained here
+        used, unused = SOUP, ENCODER_TRAINING + HEAD_ON_FEATURES
     finetune = OmegaConf.select(cfg, "model.strategy", default=None) == "finetune"
     keys = [*ALWAYS, *used, *(FINETUNE if finetune else ()), *(DEMO if demo else ())]
     keys += [*ADAPTATION, *_options(cfg, "adaptation")] if method != "none" else []

@@ -137,3 +137,27 @@ def test_a_ceiling_recipe_trains_on_the_source_as_the_site_acquires_it(tmp_path:
     written = sites["source_strong"].stat().st_mtime_ns
     module.build_sites(demo_manifest.parent, tmp_path, 0.3, 0, source_sites=["strong"])
     assert sites["source_strong"].stat().st_mtime_ns == written  # written once
+
+
+def test_a_soup_averages_the_logged_models_of_its_recipes_runs(tmp_path: Path, demo_manifest: Path) -> None:
+    module = load_benchmark("generalisation")
+    soup, recipe = "lpft_frozen3_site_batches_lr2_ema_soup", "lpft_frozen3_site_batches_lr2_ema"
+    args = ["--data", str(demo_manifest.parent), "--recipes", recipe, soup, "--seeds", "1", "0",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path), "--out-name", "soup",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--holdout-fraction", "0.3",
+            "data.image_size=32", "data.batch_size=8", "trainer.max_steps_per_epoch=2", "trainer.features.epochs=2",
+            "trainer.max_epochs=1", f"data.cache_dir={tmp_path / 'cache'}", "tracking.log_model=true",
+            "data.split_seed=0"]
+    module.main(args)
+    runs = [json.loads(line) for line in (tmp_path / "soup_runs.jsonl").read_text().splitlines()]
+    assert [(r["recipe"], r["seed"]) for r in runs] == [(recipe, 1), (recipe, 0), (soup, 1)]
+    assert runs[2]["ingredients"] == [runs[1]["model_uri"], runs[0]["model_uri"]]  # by seed
+    assert all(r["model_uri"].startswith("models:/") for r in runs) and 0.0 <= runs[2]["strong_adabn_auroc"] <= 1.0
+    assert f"`{soup}`: `" in (tmp_path / "soup.md").read_text()
+
+
+def test_a_soup_without_logged_ingredients_says_how_to_make_them() -> None:
+    module = load_benchmark("generalisation")
+    runs = [{"recipe": "lpft_frozen3_site_batches_lr2_ema", "seed": 0, "model_uri": None}]
+    with pytest.raises(SystemExit, match="has 0; run --recipes lpft_frozen3_site_batches_lr2_ema --seeds 0 1 2"):
+        module.soup_ingredients("lpft_frozen3_site_batches_lr2_ema_soup", runs)
