@@ -140,6 +140,14 @@ class Runtime:
                 dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
                 parameter.grad /= self.world_size
 
+    def share_buffers(self, module: nn.Module) -> None:
+        """Give every rank rank 0's buffers of ``module`` (BatchNorm statistics, which each rank updates from its own
+        part of a batch): the ranks then score with the statistics of the model that rank 0 saves and logs."""
+        if not self.distributed:
+            return
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def on_main(self, work: Callable[[], T]) -> T:
         """``work()`` run on rank 0 only and its result sent to every rank (the data check reads each image once);
         a :class:`MedtlError` there stops every rank with the same message instead of leaving them waiting."""

@@ -411,6 +411,7 @@ class Trainer:
             metrics = self._train_epoch(model, train_loader, optimizer, scheduler, epoch, max_epochs, target, averaged,
                                         data_parallel, objective)
             scored = averaged.module if averaged is not None else model
+            self.runtime.share_buffers(scored)  # every rank scores its shard with rank 0's BatchNorm statistics
             val = self.predict(scored, val_loader)
             metrics.update({f"val/{k}": v for k, v in score(val).items()})
             metrics["val/loss"] = validation_loss(val)

@@ -79,6 +79,9 @@ def _rank_work(rank: int, world: int, port: int, out: str) -> None:
     dro = _group_dro()
     for step in range(3):  # rank r holds rows r, r + 2, ... of each step's batch
         dro.loss(_dro_batch(step, rows=slice(rank, None, 2)))
+    norm = torch.nn.BatchNorm1d(2)
+    norm.running_mean.fill_(float(rank + 1))  # as a rank's own half-batches leave them
+    runtime.share_buffers(norm)
     shared = runtime.on_main(lambda: {"report": "from rank 0"})
     try:
         runtime.on_main(lambda: (_ for _ in ()).throw(MedtlError("data.root=x has no images")))
@@ -88,7 +91,7 @@ def _rank_work(rank: int, world: int, port: int, out: str) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps({
         "shard": shard, "gathered": gathered, "trained": trained, "batch": training.batch_size,
         "grad": parameter.grad.tolist(), "shared": shared, "failure": failure, "weights": weights,
-        "group_weights": dro.group_weights.tolist()}))
+        "group_weights": dro.group_weights.tolist(), "running_mean": norm.running_mean.tolist()}))
     runtime.close()
 
 
@@ -115,6 +118,7 @@ def test_two_gloo_ranks_share_the_work_and_the_failures(tmp_path: Path) -> None:
     assert set(trained) == set(range(7)) and len(trained) == 8 and ranks[0]["batch"] == 2
     assert all(r["grad"] == [0.5, 0.5] for r in ranks)
     assert all(r["shared"] == {"report": "from rank 0"} for r in ranks)
+    assert all(r["running_mean"] == [1.0, 1.0] for r in ranks)  # rank 0's statistics on both
     assert all(r["failure"] == "data.root=x has no images" for r in ranks)
     torch.manual_seed(0)  # one process, rank 0's initial weights, the whole batch: the same step
     model = torch.nn.Linear(3, 1)
