@@ -178,6 +178,9 @@ RECIPES: dict[str, list[str]] = {
     # results file (SOUPS), one run; train them with tracking.log_model=true and one data.split_seed
     "lpft_frozen3_site_batches_lr2_ema_soup": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                                "trainer.ema_decay=0.99", "trainer=soup"],
+    # the same soup at 5% of the patients: _lr2_ema_5pct's runs, on one subset (data.train_subset_seed fixed)
+    "lpft_frozen3_site_batches_lr2_ema_5pct_soup": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
+                                                    "trainer.ema_decay=0.99", *FIVE_PERCENT, "trainer=soup"],
     # a ceiling, not a candidate: trained on the source's patients as the strong site acquires them (SOURCE_SITES)
     "lpft_frozen3_trained_at_strong": LP_FT,
 }
@@ -185,7 +188,8 @@ RECIPES: dict[str, list[str]] = {
 # acquisition (and its labels) reaches there; the draws differ from the held-out site's (seed holdout_seed + 1)
 SOURCE_SITES = {"lpft_frozen3_trained_at_strong": "strong"}
 # soups and the recipe whose logged models (the runs file's model_uri, one per seed) they average
-SOUPS = {"lpft_frozen3_site_batches_lr2_ema_soup": "lpft_frozen3_site_batches_lr2_ema"}
+SOUPS = {"lpft_frozen3_site_batches_lr2_ema_soup": "lpft_frozen3_site_batches_lr2_ema",
+         "lpft_frozen3_site_batches_lr2_ema_5pct_soup": "lpft_frozen3_site_batches_lr2_ema_5pct"}
 
 
 def build_sites(data: Path, work: Path, holdout_fraction: float, holdout_seed: int,
