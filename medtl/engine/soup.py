@@ -89,6 +89,17 @@ def check_fits(ingredient: Ingredient, model: torch.nn.Module) -> None:
                              "ingredients with the model config of the soup run")
 
 
+def check_input_shape(ingredient: Ingredient, loader: DataLoader) -> None:
+    """One line when ``loader``'s images ``(B, C, *spatial)`` are not the size the ingredients were trained at."""
+    architecture = ingredient.card.architecture
+    trained = tuple(architecture.input_shape) or (architecture.image_size, architecture.image_size)
+    batch = next(iter(loader))
+    shape = tuple(batch["image"].shape[2:])
+    if shape != trained:
+        raise MedtlError(f"trainer.ingredients: '{ingredient.ref}' was trained on inputs of {trained}, this run reads "
+                         f"{shape}; set the data config the ingredients were trained with (data.image_size...)")
+
+
 class SoupTrainer(Trainer):
     """A :class:`~medtl.engine.Trainer` whose :meth:`fit` averages ``ingredients`` instead of training.
 
@@ -113,6 +124,7 @@ class SoupTrainer(Trainer):
         self._check_supported(unused)
         for ingredient in self.ingredients:
             check_fits(ingredient, model)
+        check_input_shape(self.ingredients[0], val_loader)
         model.load_state_dict(uniform_soup([ingredient.state for ingredient in self.ingredients]))
         log.info("soup of %d models: %s", len(self.ingredients), ", ".join(i.ref for i in self.ingredients))
         val = self.predict(model, val_loader)

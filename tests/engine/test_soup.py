@@ -77,3 +77,10 @@ def test_an_ingredient_of_another_architecture_is_named(tmp_path: Path, demo_cac
     odd = _model_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(MedtlError, match=rf"'{odd}' has another preprocessing than '{ingredients[0]}'"):
         train(compose_config([*other, "trainer=soup", f"trainer.ingredients=['{ingredients[0]}','{odd}']"]))
+
+
+def test_a_soup_read_at_another_size_is_refused(tmp_path: Path, demo_cache: Path, ingredients: list[str]) -> None:
+    listed = ",".join(repr(i) for i in ingredients)
+    with pytest.raises(MedtlError, match=r"was trained on inputs of \(48, 48\), this run reads \(56, 56\)"):
+        train(compose_config([*_overrides(tmp_path, demo_cache), "data.image_size=56", "trainer=soup",
+                              f"trainer.ingredients=[{listed}]"]))
