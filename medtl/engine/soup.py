@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -53,13 +53,26 @@ def read_ingredients(refs: Sequence[str], tracking_uri: str) -> list[Ingredient]
     for ref in refs:
         model, card = load_model(str(ref), tracking_uri, eager=True)
         ingredients.append(Ingredient(str(ref), card, model.state_dict()))
+    first = asdict(ingredients[0].card)
     for other in ingredients[1:]:
         for name in SHARED_CARD_FIELDS:
-            if getattr(other.card, name) != getattr(ingredients[0].card, name):
-                raise MedtlError(f"trainer.ingredients: '{other.ref}' has another {name} than '{ingredients[0].ref}' "
-                                 f"({getattr(other.card, name)!r} against {getattr(ingredients[0].card, name)!r}); "
-                                 "a soup averages models trained with the same data and model config")
+            difference = first_difference(asdict(other.card)[name], first[name], name)
+            if difference is not None:
+                key, value, expected = difference
+                raise MedtlError(f"trainer.ingredients: '{other.ref}' has {key}={value!r}, '{ingredients[0].ref}' "
+                                 f"{expected!r}; a soup averages models trained with the same data and model config")
     return ingredients
+
+
+def first_difference(value: Any, expected: Any, key: str) -> tuple[str, Any, Any] | None:
+    """``(dotted key, value, expected)`` of the first leaf where two card fields (nested dicts) differ, or ``None``."""
+    if isinstance(value, dict) and isinstance(expected, dict):
+        for name in sorted(set(value) | set(expected)):
+            found = first_difference(value.get(name), expected.get(name), f"{key}.{name}")
+            if found is not None:
+                return found
+        return None
+    return None if value == expected else (key, value, expected)
 
 
 def uniform_soup(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
