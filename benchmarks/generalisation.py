@@ -174,8 +174,9 @@ RECIPES: dict[str, list[str]] = {
     # WiSE-FT: halfway between the probe's weights and the fine-tuned ones
     "lpft_frozen3_ema_acq_128_wise": [*LP_FT, "trainer.ema_decay=0.99", *WIDE_ACQUISITION, "data.image_size=128",
                                       "trainer.interpolate_probe=0.5"],
-    # a model soup (trainer=soup, medtl/engine/soup.py): the mean of the weights of _lr2_ema's runs in the same
-    # results file (SOUPS), one run; train them with tracking.log_model=true and one data.split_seed
+    # a model soup (trainer=soup, medtl/engine/soup.py): the mean of the weights of _lr2_ema's runs at --seeds in the
+    # same results file (SOUPS), one run recorded as seed "0+1+2"; train them with tracking.log_model=true and one
+    # data.split_seed
     "lpft_frozen3_site_batches_lr2_ema_soup": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
                                                "trainer.ema_decay=0.99", "trainer=soup"],
     # the same soup at 5% of the patients: _lr2_ema_5pct's runs, on one subset (data.train_subset_seed fixed)
@@ -424,32 +425,42 @@ def open_results(args: argparse.Namespace) -> tuple[Path, Path, list[dict]]:
 
 
 def run_and_record(recipe: str, seed: int, sites: dict[str, Path], args: argparse.Namespace, runs: list[dict],
-                   runs_file: Path, out: Path, ingredients: list[str] | None = None) -> list[dict]:
-    """One isolated run of ``recipe`` (a soup of ``ingredients``), its row replacing any earlier one of the same
-    recipe and seed in the runs file; the results rewritten. Returns the runs."""
+                   runs_file: Path, out: Path, ingredients: list[str] | None = None,
+                   key: int | str | None = None) -> list[dict]:
+    """One isolated run of ``recipe`` at ``seed`` (a soup of ``ingredients``, recorded under its ``key``), its row
+    replacing any earlier one of the same recipe and seed (key) in the runs file; the results rewritten. Returns the
+    runs."""
     commit = git_commit(HERE)  # the code the run starts from (commits during a long run are not its)
     listed = ",".join(f"'{uri}'" for uri in ingredients or [])
     extra = [*args.overrides, *([f"trainer.ingredients=[{listed}]"] if ingredients else [])]
     row = {**isolated_run(recipe, seed, sites, args.tracking_uri, extra), "commit": commit,
            "machine": machine_description(), "overrides": args.overrides, **({"ingredients": ingredients}
                                                                             if ingredients else {})}
-    runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, seed)] + [row]
+    row["seed"] = seed if key is None else key
+    runs = [r for r in runs if (r["recipe"], r["seed"]) != (recipe, row["seed"])] + [row]
     write_runs(runs, runs_file)
     write_results(runs, args, out)
     print(json.dumps(row), flush=True)
     return runs
 
 
-def soup_ingredients(soup: str, runs: list[dict]) -> list[str]:
-    """The logged models of ``SOUPS[soup]``'s runs in this results file, by seed; one line when fewer than two."""
+def soup_ingredients(soup: str, runs: list[dict], seeds: list[int]) -> list[str]:
+    """The logged models of ``SOUPS[soup]``'s runs at ``seeds`` in this results file, by seed; one line when a
+    seed has none or fewer than two are asked for."""
     recipe = SOUPS[soup]
-    models = [r["model_uri"] for r in sorted(runs, key=lambda r: r["seed"])
-              if r["recipe"] == recipe and r.get("model_uri")]
-    if len(models) < 2:
-        raise SystemExit(f"{soup} averages the logged models of {recipe}'s runs in this results file, which has "
-                         f"{len(models)}; run --recipes {recipe} --seeds 0 1 2 with the same --out-name and "
-                         "tracking.log_model=true data.split_seed=0 first")
-    return models
+    logged = {r["seed"]: r["model_uri"] for r in runs if r["recipe"] == recipe and r.get("model_uri")}
+    missing = sorted(set(seeds) - set(logged))
+    if missing or len(set(seeds)) < 2:
+        raise SystemExit(f"{soup} averages the logged models of {recipe}'s runs at --seeds (two or more) in this "
+                         f"results file, which has none at seed(s) {missing or seeds}; run --recipes {recipe} --seeds "
+                         f"{' '.join(map(str, seeds))} with the same --out-name and tracking.log_model=true "
+                         "data.split_seed=0 first")
+    return [logged[seed] for seed in sorted(set(seeds))]
+
+
+def soup_key(seeds: list[int]) -> str:
+    """A soup's row key in the runs file: its ingredients' seeds, ``0+1+2``."""
+    return "+".join(str(seed) for seed in sorted(set(seeds)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -474,9 +485,10 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for recipe in (r for r in args.recipes if r not in SOUPS and (r, seed) not in done):
                 runs = run_and_record(recipe, seed, sites, args, runs, runs_file, out)
-        for recipe in (r for r in args.recipes if r in SOUPS and (r, args.seeds[0]) not in done):
-            ingredients = soup_ingredients(recipe, runs)
-            runs = run_and_record(recipe, args.seeds[0], sites, args, runs, runs_file, out, ingredients)
+        for recipe in (r for r in args.recipes if r in SOUPS and (r, soup_key(args.seeds)) not in done):
+            ingredients = soup_ingredients(recipe, runs, args.seeds)
+            runs = run_and_record(recipe, min(args.seeds), sites, args, runs, runs_file, out, ingredients,
+                                  key=soup_key(args.seeds))
     if runs:
         write_results(runs, args, out)
         print(readable(summarise(pd.DataFrame(runs), args.recipes)).to_string(index=False))

@@ -150,14 +150,20 @@ def test_a_soup_averages_the_logged_models_of_its_recipes_runs(tmp_path: Path, d
             "data.split_seed=0"]
     module.main(args)
     runs = [json.loads(line) for line in (tmp_path / "soup_runs.jsonl").read_text().splitlines()]
-    assert [(r["recipe"], r["seed"]) for r in runs] == [(recipe, 1), (recipe, 0), (soup, 1)]
+    assert [(r["recipe"], r["seed"]) for r in runs] == [(recipe, 1), (recipe, 0), (soup, "0+1")]
     assert runs[2]["ingredients"] == [runs[1]["model_uri"], runs[0]["model_uri"]]  # by seed
     assert all(r["model_uri"].startswith("models:/") for r in runs) and 0.0 <= runs[2]["strong_adabn_auroc"] <= 1.0
     assert f"`{soup}`: `" in (tmp_path / "soup.md").read_text()
 
 
-def test_a_soup_without_logged_ingredients_says_how_to_make_them() -> None:
+def test_a_soup_takes_the_models_of_its_seeds_and_says_how_to_make_missing_ones() -> None:
     module = load_benchmark("generalisation")
-    runs = [{"recipe": "lpft_frozen3_site_batches_lr2_ema", "seed": 0, "model_uri": None}]
-    with pytest.raises(SystemExit, match="has 0; run --recipes lpft_frozen3_site_batches_lr2_ema --seeds 0 1 2"):
-        module.soup_ingredients("lpft_frozen3_site_batches_lr2_ema_soup", runs)
+    recipe, soup = "lpft_frozen3_site_batches_lr2_ema", "lpft_frozen3_site_batches_lr2_ema_soup"
+    runs = [{"recipe": recipe, "seed": 0, "model_uri": None}, {"recipe": recipe, "seed": 1, "model_uri": "models:/a"},
+            {"recipe": recipe, "seed": 2, "model_uri": "models:/b"}, {"recipe": soup, "seed": "1+2"}]
+    with pytest.raises(SystemExit, match=f"none at seed\\(s\\) \\[0\\]; run --recipes {recipe} --seeds 0 1 2"):
+        module.soup_ingredients(soup, runs, [0, 1, 2])
+    assert module.soup_ingredients(soup, runs, [2, 1]) == ["models:/a", "models:/b"]
+    with pytest.raises(SystemExit, match="two or more"):
+        module.soup_ingredients(soup, runs, [1])
+    assert module.soup_key([2, 0, 1]) == "0+1+2"
