@@ -88,3 +88,4 @@ def test_a_soup_read_at_another_size_is_refused(tmp_path: Path, demo_cache: Path
         train(compose_config([*_overrides(tmp_path, demo_cache), "data.image_size=56", "trainer=soup",
                               f"trainer.ingredients=[{listed}]"]))
     assert "was trained on inputs of (48, 48), this run reads (56, 56)" in str(find_user_error(raised.value))
+    assert mlflow.last_active_run().info.status == "FAILED"  # the soup run is marked failed, nothing logged as done
