@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -29,25 +28,35 @@ def _overrides(demo_cache: Path, uri: str, checkpoints: Path) -> list[str]:
             "tracking.log_model=false", f"tracking.uri={uri}", f"trainer.checkpoint_dir={checkpoints}"]
 
 
-def _completed_epochs(checkpoints: Path) -> int:
-    for last in checkpoints.glob(f"*/{RunFolder.LAST}"):
-        try:
-            return int(torch.load(last, weights_only=True)["epoch"])
-        except Exception:  # noqa: BLE001 - being replaced right now
-            return 0
-    return 0
+# ``python -c KILL_AFTER <epochs> <overrides...>``: medtl.train that SIGKILLs itself as soon as the training state of
+# epoch <epochs> is on disk, before that epoch's metrics reach MLflow (the worst moment: the store is one epoch
+# behind the checkpoint). Deterministic, unlike a kill from outside that has to catch the run between epochs.
+KILL_AFTER = """
+import os, signal, sys
+from medtl.engine import loop
+from medtl.engine.state import RunFolder
+from medtl.train import main
+
+epochs, sys.argv = int(sys.argv[1]), ["medtl.train", *sys.argv[2:]]
+save = loop.Trainer._save
+
+def save_then_die(self, name, state):
+    save(self, name, state)
+    if name == RunFolder.LAST and state["epoch"] >= epochs:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+loop.Trainer._save = save_then_die
+main()
+"""
 
 
 def _kill_after_epochs(args: list[str], checkpoints: Path, epochs: int, cwd: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "medtl.train", *args], cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while _completed_epochs(checkpoints) < epochs:
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline, "training did not reach the epoch in time"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    """Train with ``args`` until the state of ``epochs`` epochs is saved under ``checkpoints``, then SIGKILL."""
+    done = subprocess.run([sys.executable, "-c", KILL_AFTER, str(epochs), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, f"training was not killed (exit {done.returncode}): {done.stderr[-2000:]}"
+    (last,) = checkpoints.glob(f"*/{RunFolder.LAST}")
+    assert torch.load(last, weights_only=True)["epoch"] == epochs
 
 
 def test_sigkilled_training_resumes_into_the_same_run_and_model(tmp_path: Path, demo_cache: Path) -> None:
