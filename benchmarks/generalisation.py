@@ -260,7 +260,7 @@ def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, e
         cfg = compose(config_name="config", overrides=run_overrides(recipe, seed, sites, tracking_uri, extra))
     start = time.perf_counter()
     metrics = train(cfg)
-    run = mlflow.last_active_run()  # its model, where the run logged one: a soup's ingredient (--soup)
+    run = mlflow.last_active_run()  # its logged model, if any: an ingredient of the SOUPS recipes
     row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start, "run_id": run.info.run_id,
            "model_uri": run.data.tags.get("medtl.model_uri"),
            "train_seconds": metrics["train/seconds"], "val_auroc": metrics["val/final_auroc"],
