@@ -449,10 +449,12 @@ def soup_ingredients(soup: str, runs: list[dict], seeds: list[int]) -> list[str]
     seed has none or fewer than two are asked for."""
     recipe = SOUPS[soup]
     logged = {r["seed"]: r["model_uri"] for r in runs if r["recipe"] == recipe and r.get("model_uri")}
+    if len(set(seeds)) < 2:
+        raise SystemExit(f"{soup} averages two or more models: pass two or more --seeds, not {seeds}")
     missing = sorted(set(seeds) - set(logged))
-    if missing or len(set(seeds)) < 2:
+    if missing:
         raise SystemExit(f"{soup} averages the logged models of {recipe}'s runs at --seeds (two or more) in this "
-                         f"results file, which has none at seed(s) {missing or seeds}; run --recipes {recipe} --seeds "
+                         f"results file, which has none at seed(s) {missing}; run --recipes {recipe} --seeds "
                          f"{' '.join(map(str, seeds))} with the same --out-name and tracking.log_model=true "
                          "data.split_seed=0 first")
     return [logged[seed] for seed in sorted(set(seeds))]
