@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.data import list_data_collate
 from monai.transforms import Randomizable
+from monai.utils import convert_to_tensor
 from torch.utils.data import get_worker_info
 
 __all__ = ["SiteBatches"]
@@ -58,8 +59,10 @@ class SiteBatches(Randomizable):
         data: dict[str, Any] = {IMAGE: stacked}
         for transform in self.transforms:
             data = transform(data)
-        shifted = torch.as_tensor(data[IMAGE], dtype=torch.float32).reshape(images.shape)  # (B, C, H, W)
-        batch[IMAGE] = (shifted - self.subtrahend) / self.divisor
+        # MONAI's transforms hand back a MetaTensor: the model and the training state get a plain tensor (a
+        # MetaTensor costs every operation of the forward pass, and its metadata would reach the saved state)
+        shifted = convert_to_tensor(data[IMAGE], dtype=torch.float32, track_meta=False)
+        batch[IMAGE] = (shifted.reshape(images.shape) - self.subtrahend) / self.divisor  # (B, C, H, W)
         return batch
 
     def _seed_for_worker(self) -> None:

@@ -36,6 +36,7 @@ def test_every_image_of_a_batch_gets_the_same_acquisition_and_batches_get_anothe
     collate = _collate(detector_noise=0.0)  # the noise's level is shared, each image's grain is its own
     first, second = collate(_normalised_items(4)), collate(_normalised_items(4))
     assert first["image"].shape == (4, 1, 32, 32) and first["label"].tolist() == [0, 1, 0, 1]
+    assert type(first["image"]) is torch.Tensor  # not MONAI's MetaTensor: the model gets plain tensors
     for batch in (first, second):
         for image in batch["image"][1:]:
             torch.testing.assert_close(image, batch["image"][0])  # one draw: identical inputs stay identical
@@ -81,7 +82,7 @@ def test_training_loader_collates_by_site_and_its_generators_are_saved_for_resum
     train, val = data.loaders(WEIGHTS)
     assert isinstance(train.collate_fn, SiteBatches) and not isinstance(val.collate_fn, SiteBatches)
     batch = next(iter(train))
-    assert batch["image"].shape[1:] == (1, 32, 32)
+    assert batch["image"].shape[1:] == (1, 32, 32) and type(batch["image"]) is torch.Tensor
     found = random_transforms([train.dataset.transform, train.collate_fn])
     assert any(isinstance(t, RandDetectord) for t in found)  # its state goes into the training state
     plain, _ = data.loaders(WEIGHTS, augment=False)
