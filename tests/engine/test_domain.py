@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from medtl.engine.domain import proxy_a_distance, target_metrics
+from medtl.adaptation import create_adaptation
+from medtl.data.domains import RunLoaders
+from medtl.engine.domain import evaluate_target, proxy_a_distance, target_metrics
+from medtl.models.classifier import build_classifier
 from medtl.tracking.plots import domain_embedding_figure, embed_2d
 
 
@@ -45,3 +49,30 @@ def test_embedding_is_deterministic_and_the_figure_names_domains_and_classes() -
 @pytest.mark.parametrize("n", [5, 12])
 def test_small_sets_still_embed(n: int) -> None:
     assert embed_2d(np.random.default_rng(0).normal(size=(n, 8))).shape == (n, 2)
+
+
+def _image_loader(n: int, seed: int) -> torch.utils.data.DataLoader:
+    """``n`` items ``{"image": (1, 32, 32), "label": 0/1, "path": str}`` in batches of 4."""
+    generator = torch.Generator().manual_seed(seed)
+    items = [{"image": torch.rand(1, 32, 32, generator=generator) + 0.5 * (i % 2), "label": i % 2,
+              "path": f"case{i}.png"} for i in range(n)]
+    return torch.utils.data.DataLoader(items, batch_size=4)
+
+
+@pytest.mark.parametrize(("method", "where", "threshold"), [
+    ("adabn", "validation threshold under AdaBN", 0.3),  # AdaBN hands over another model: validation's, under AdaBN
+    ("none", "source threshold", 0.7),  # the unadapted model: the source threshold
+])
+def test_target_roc_names_the_threshold_its_operating_point_was_chosen_at(method: str, where: str,
+                                                                           threshold: float) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "scratch", 2, weights=None)  # (B, 1, 32, 32) -> (B, 2)
+    loaders = RunLoaders(train=_image_loader(8, 0), val=_image_loader(8, 1), source_val=_image_loader(8, 2),
+                         target_eval=_image_loader(8, 3), target_test=_image_loader(8, 4))
+    report = evaluate_target(model, create_adaptation(method), loaders, ["NORMAL", "PNEUMONIA"],
+                             source_threshold=0.7, device=torch.device("cpu"), progress=False, adapted_threshold=0.3)
+    axes = report.figures["target_roc_curve.png"].axes[0]
+    assert axes.get_title() == f"Target ROC ({where})"
+    assert f"threshold {threshold:.3f}" in [t.get_text() for t in axes.get_legend().get_texts()]
+    assert (report.predictions["pred"] == np.where(report.predictions["score"] >= threshold, "PNEUMONIA",
+                                                        "NORMAL")).all()
