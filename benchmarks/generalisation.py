@@ -182,10 +182,15 @@ RECIPES: dict[str, list[str]] = {
     # same results file (SOUPS), one run recorded as seed "0+1+2"; train them with tracking.log_model=true and one
     # data.split_seed
     "lpft_frozen3_site_batches_lr2_ema_soup": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
-                                               "trainer.ema_decay=0.99", "trainer=soup"],
+                                               "trainer.ema_decay=0.99", "trainer=soup", "trainer.batchnorm=average"],
+    # the same soup with its BatchNorm statistics estimated again on the training loader (trainer.batchnorm=recompute,
+    # the default since it came): the ingredients' mean statistics are not the mean network's
+    "lpft_frozen3_site_batches_lr2_ema_soup_bn": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
+                                                  "trainer.ema_decay=0.99", "trainer=soup", "trainer.batchnorm=recompute"],
     # the same soup at 5% of the patients: _lr2_ema_5pct's runs, on one subset (data.train_subset_seed fixed)
     "lpft_frozen3_site_batches_lr2_ema_5pct_soup": [*LP_FT, *SITE_BATCHES, "model.encoder_lr_mult=2.0",
-                                                    "trainer.ema_decay=0.99", *FIVE_PERCENT, "trainer=soup"],
+                                                    "trainer.ema_decay=0.99", *FIVE_PERCENT, "trainer=soup",
+                                                    "trainer.batchnorm=average"],
     # a ceiling, not a candidate: trained on the source's patients as the strong site acquires them (SOURCE_SITES)
     "lpft_frozen3_trained_at_strong": LP_FT,
 }
@@ -194,6 +199,7 @@ RECIPES: dict[str, list[str]] = {
 SOURCE_SITES = {"lpft_frozen3_trained_at_strong": "strong"}
 # soups and the recipe whose logged models (the runs file's model_uri, one per seed) they average
 SOUPS = {"lpft_frozen3_site_batches_lr2_ema_soup": "lpft_frozen3_site_batches_lr2_ema",
+         "lpft_frozen3_site_batches_lr2_ema_soup_bn": "lpft_frozen3_site_batches_lr2_ema",
          "lpft_frozen3_site_batches_lr2_ema_5pct_soup": "lpft_frozen3_site_batches_lr2_ema_5pct"}
 
 

@@ -191,6 +191,7 @@ class SoupTrainerSchema(TrainerSchema):
 
     ingredients: List[str] = field(default_factory=list)
     tracking_uri: str = ""
+    batchnorm: str = choices("recompute", "average", default="recompute")
 
 
 @dataclass

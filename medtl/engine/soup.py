@@ -11,6 +11,11 @@ so ``medtl.predict`` and the review read it like any other model::
 
 Validate a soup on images none of its ingredients trained on: train the ingredients with one ``data.split_seed``
 (the soup's), and vary ``seed`` only.
+
+The mean of the ingredients' BatchNorm statistics is not the statistics of the mean network's features.
+``trainer.batchnorm=recompute`` estimates them again over one pass of the training loader, as training fed it
+(SWA's ``update_bn``), for the layers that learnt source statistics (frozen stages keep ImageNet's);
+``average`` keeps the mean.
 """
 from __future__ import annotations
 
@@ -23,16 +28,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from medtl.adaptation.adabn import recompute_batchnorm_statistics, source_statistics_batchnorms
 from medtl.engine.loop import EpochCallback, FitResult, Predictions, Trainer, validation_loss
 from medtl.errors import MedtlError
 from medtl.models.card import ModelCard
 from medtl.models.classifier import TransferModel
 
-__all__ = ["Ingredient", "SoupTrainer", "uniform_soup", "read_ingredients"]
+__all__ = ["Ingredient", "SoupTrainer", "uniform_soup", "read_ingredients", "BATCHNORM_CHOICES"]
 
 log = logging.getLogger(__name__)
 # what every ingredient's card must share with the first: a soup of other inputs, outputs or networks is noise
 SHARED_CARD_FIELDS = ("classes", "preprocessing", "architecture", "strategy", "adaptation", "encoder_weights")
+BATCHNORM_CHOICES = ("recompute", "average")  # trainer.batchnorm: the soup's BatchNorm statistics
 
 
 @dataclass(frozen=True)
@@ -119,20 +126,27 @@ class SoupTrainer(Trainer):
     Args:
         ingredients: at least two logged models (``runs:/<id>/model``, ``models:/m-...``, or model folders).
         tracking_uri: where the ``runs:/`` and ``models:/`` URIs are found (the run's ``tracking.uri``).
+        batchnorm: ``recompute``: BatchNorm statistics estimated again on the training loader after averaging;
+            ``average``: the mean of the ingredients'.
         **kwargs: the :class:`~medtl.engine.Trainer` arguments (device, progress...; the training ones unused).
     """
 
-    def __init__(self, ingredients: Sequence[str] = (), tracking_uri: str = "", **kwargs: Any) -> None:
+    def __init__(self, ingredients: Sequence[str] = (), tracking_uri: str = "", batchnorm: str = "recompute",
+                 **kwargs: Any) -> None:
         if len(ingredients) < 2:
             raise MedtlError(f"trainer.ingredients lists {len(ingredients)} model(s); a soup averages two or more: "
                              "trainer.ingredients=[runs:/<run id>/model,runs:/<run id>/model]")
+        if batchnorm not in BATCHNORM_CHOICES:
+            raise MedtlError(f"trainer.batchnorm={batchnorm} is not one of {', '.join(BATCHNORM_CHOICES)}")
         super().__init__(**kwargs)
+        self.batchnorm = batchnorm
         self.ingredients = read_ingredients(ingredients, tracking_uri)  # a bad URI stops the run before the data
 
     def fit(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
             score: Callable[[Predictions], dict[str, float]], monitor: str = "auroc",
             on_epoch_end: EpochCallback | None = None, **unused: Any) -> FitResult:
-        """Load the soup into ``model`` and score it on ``val_loader`` once (as epoch 0)."""
+        """Load the soup into ``model`` (its BatchNorm statistics re-estimated on ``train_loader`` with
+        ``batchnorm=recompute``) and score it on ``val_loader`` once (as epoch 0)."""
         start = time.perf_counter()
         self._check_supported(unused)
         for ingredient in self.ingredients:
@@ -140,6 +154,11 @@ class SoupTrainer(Trainer):
         check_input_shape(self.ingredients[0], val_loader)
         model.load_state_dict(uniform_soup([ingredient.state for ingredient in self.ingredients]))
         log.info("soup of %d models: %s", len(self.ingredients), ", ".join(i.ref for i in self.ingredients))
+        if self.batchnorm == "recompute":
+            layers = source_statistics_batchnorms(model)
+            recomputed = recompute_batchnorm_statistics(model, train_loader, self.device, self.progress, layers)
+            model.load_state_dict(recomputed.state_dict())
+            log.info("the soup's BatchNorm statistics re-estimated on the training images (%d layers)", len(layers))
         val = self.predict(model, val_loader)
         metrics = {f"val/{k}": v for k, v in score(val).items()}
         metrics["val/loss"] = validation_loss(val)

@@ -141,7 +141,7 @@ def test_a_ceiling_recipe_trains_on_the_source_as_the_site_acquires_it(tmp_path:
 
 def test_a_soup_averages_the_logged_models_of_its_recipes_runs(tmp_path: Path, demo_manifest: Path) -> None:
     module = load_benchmark("generalisation")
-    soup, recipe = "lpft_frozen3_site_batches_lr2_ema_soup", "lpft_frozen3_site_batches_lr2_ema"
+    soup, recipe = "lpft_frozen3_site_batches_lr2_ema_soup_bn", "lpft_frozen3_site_batches_lr2_ema"
     args = ["--data", str(demo_manifest.parent), "--recipes", recipe, soup, "--seeds", "1", "0",
             "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path), "--out-name", "soup",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--holdout-fraction", "0.3",

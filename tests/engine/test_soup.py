@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -47,12 +48,17 @@ def ingredients(tmp_path: Path, demo_cache: Path) -> list[str]:
     return uris
 
 
-def test_soup_run_logs_the_mean_of_its_ingredients(tmp_path: Path, demo_cache: Path, ingredients: list[str]) -> None:
+def _soup(tmp_path: Path, demo_cache: Path, ingredients: list[str], batchnorm: str) -> tuple[dict, list[dict], Any]:
+    """Train the soup of ``ingredients``; ``(its metrics, the ingredients' state dicts, the logged soup model)``."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    metrics = train(compose_config([*_overrides(tmp_path, demo_cache), "trainer=soup",
+    metrics = train(compose_config([*_overrides(tmp_path, demo_cache), "trainer=soup", f"trainer.batchnorm={batchnorm}",
                                     f"trainer.ingredients=[{','.join(repr(i) for i in ingredients)}]"]))
     states = [load_model(ref, uri, eager=True)[0].state_dict() for ref in ingredients]
-    soup, card = load_model(_model_uri(uri), uri, eager=True)
+    return metrics, states, load_model(_model_uri(uri), uri, eager=True)
+
+
+def test_soup_run_logs_the_mean_of_its_ingredients(tmp_path: Path, demo_cache: Path, ingredients: list[str]) -> None:
+    metrics, states, (soup, card) = _soup(tmp_path, demo_cache, ingredients, "average")
     for key, value in soup.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, (states[0][key] + states[1][key]) / 2)
@@ -62,6 +68,23 @@ def test_soup_run_logs_the_mean_of_its_ingredients(tmp_path: Path, demo_cache: P
     assert card.threshold is not None and card.strategy == "finetune" and card.source_batchnorms
     run = mlflow.last_active_run()
     assert run.info.status == "FINISHED" and ingredients[0] in run.data.params["trainer.ingredients"]
+    assert run.data.params["trainer.batchnorm"] == "average"
+
+
+def test_a_recomputed_soup_re_estimates_only_the_learnt_batchnorm_statistics(tmp_path: Path, demo_cache: Path,
+                                                                            ingredients: list[str]) -> None:
+    _, states, (soup, card) = _soup(tmp_path, demo_cache, ingredients, "recompute")
+    learnt = {f"{name}.{stat}" for name in card.source_batchnorms for stat in ("running_mean", "running_var")}
+    assert learnt and all(key in states[0] for key in learnt)
+    moved = []
+    for key, value in soup.state_dict().items():
+        mean = (states[0][key] + states[1][key]) / 2 if value.is_floating_point() else None
+        if key in learnt:
+            moved.append(not torch.allclose(value, mean, atol=1e-4))
+            assert torch.isfinite(value).all() and (not key.endswith("running_var") or (value >= 0).all())
+        elif mean is not None:  # weights, and the statistics of frozen stages (ImageNet's): the mean
+            torch.testing.assert_close(value, mean)
+    assert sum(moved) > len(learnt) / 2  # statistics of the soup's own features, not the ingredients' mean
 
 
 def test_a_soup_of_one_model_is_refused(tmp_path: Path, demo_cache: Path) -> None:
