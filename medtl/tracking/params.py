@@ -34,7 +34,8 @@ ENCODER_TRAINING = ("trainer.max_epochs", "trainer.warmup_epochs", "trainer.earl
 FINETUNE = ("model.encoder_lr_mult", "model.bn", "model.layer_decay", "model.unfreeze_every", "model.frozen_stages",
             "trainer.linear_probe_first", "trainer.interpolate_probe")  # pretrained encoder
 HEAD_ON_FEATURES = ("trainer.features.epochs", "trainer.features.patience", "trainer.features.batch_size")
-SOUP = ("trainer.ingredients", "trainer.batchnorm")  # trainer=soup: the models it averages (their runs hold how they trained)
+# trainer=soup: the models it averages (their runs hold how they trained) and how its BatchNorm statistics are made
+SOUP = ("trainer.ingredients", "trainer.batchnorm")
 ADAPTATION = ("adaptation.weight", "adaptation.entropy_weight", "data.target_eval_fraction")
 DEMO = ("data.demo.n_patients", "data.demo.image_size", "data.demo.seed")
 
