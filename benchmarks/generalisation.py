@@ -274,9 +274,9 @@ def one_run(recipe: str, seed: int, sites: dict[str, Path], tracking_uri: str, e
     row = {"recipe": recipe, "seed": seed, "seconds": time.perf_counter() - start, "run_id": run.info.run_id,
            "model_uri": run.data.tags.get("medtl.model_uri"),
            "train_seconds": metrics["train/seconds"], "val_auroc": metrics["val/final_auroc"],
-           "val_accuracy": metrics["val/final_accuracy"]}
+           "val_accuracy": metrics["val/final_accuracy"], "val_ece": metrics.get("val/final_ece")}
     for site in SITES:
-        for name in ("auroc", "accuracy", "sensitivity", "specificity", "oracle_accuracy"):
+        for name in ("auroc", "accuracy", "sensitivity", "specificity", "oracle_accuracy", "ece"):
             row[f"{site}_{name}"] = metrics[f"external/{site}/{name}"]
             row[f"{site}_adabn_{name}"] = metrics.get(f"external/{site}/adabn_{name}")  # None: nothing to adapt
     return {**row, "adabn_rule": ADABN_RULE}

@@ -47,6 +47,7 @@ def test_smoke_run_writes_sites_table_and_plot_and_resumes(tmp_path: Path, demo_
     runs = [json.loads(line) for line in (tmp_path / "smoke_runs.jsonl").read_text().splitlines()]
     assert [r["recipe"] for r in runs] == ["linear_probe", "lpft_frozen3"]
     assert all(0.0 <= r[f"{site}_auroc"] <= 1.0 for r in runs for site in module.SITES)
+    assert all(0.0 <= r[key] <= 1.0 for r in runs for key in ("val_ece", "heldout_ece", "strong_ece"))  # calibration
     work = tmp_path / "work" / "holdout0"
     source, heldout = pd.read_csv(work / "source.csv"), pd.read_csv(work / "heldout.csv")
     assert not set(source["patient_id"]) & set(heldout["patient_id"])  # held out by patient
